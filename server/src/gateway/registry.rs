@@ -1,0 +1,387 @@
+//! The registry of this node's live connections and the indexes that route a
+//! delivery to them: connection → outbox, user → connections, conversation →
+//! local member users.
+//!
+//! All methods are synchronous and take one lock for their whole duration, so
+//! the indexes can never be seen half-updated; the lock guard cannot cross an
+//! `.await`. Delivering only `try_send`s an already-serialized frame into each
+//! connection's bounded outbox: a full outbox marks the connection for a 4008
+//! close instead of waiting or silently dropping.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, RwLock};
+
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+use tokio_util::sync::CancellationToken;
+
+use crate::bus::{Exclude, Target};
+use crate::metrics::Metrics;
+use switchboard_protocol::close;
+
+/// Tells a connection's task to close with a code, from any thread.
+#[derive(Default)]
+pub struct Kill {
+    token: CancellationToken,
+    code: AtomicU16,
+}
+
+impl Kill {
+    /// Asks for a close with `code`; the first request wins.
+    pub fn request(&self, code: u16) {
+        let _ = self
+            .code
+            .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire);
+        self.token.cancel();
+    }
+
+    pub fn code(&self) -> u16 {
+        self.code.load(Ordering::Acquire)
+    }
+
+    pub async fn requested(&self) {
+        self.token.cancelled().await
+    }
+}
+
+/// What the registry holds for one connection.
+#[derive(Clone)]
+pub struct ConnHandle {
+    pub id: Arc<str>,
+    pub user: Arc<str>,
+    pub outbox: mpsc::Sender<Utf8Bytes>,
+    pub kill: Arc<Kill>,
+}
+
+#[derive(Default)]
+struct UserEntry {
+    conns: Vec<Arc<str>>,
+    convs: HashSet<Arc<str>>,
+}
+
+#[derive(Default)]
+struct Inner {
+    conns: HashMap<Arc<str>, ConnHandle>,
+    users: HashMap<Arc<str>, UserEntry>,
+    /// Conversation → users with at least one connection on this node.
+    convs: HashMap<Arc<str>, HashSet<Arc<str>>>,
+}
+
+/// This node's connections.
+pub struct Registry {
+    // Why RwLock: deliveries (readers) vastly outnumber connects and membership
+    // changes (writers), and many deliveries may run at once.
+    inner: RwLock<Inner>,
+    metrics: Arc<Metrics>,
+}
+
+impl Registry {
+    pub fn new(metrics: Arc<Metrics>) -> Registry {
+        Registry {
+            inner: RwLock::new(Inner::default()),
+            metrics,
+        }
+    }
+
+    /// Adds a connection. Its conversations are added with [`Registry::join`]
+    /// after this, so that a membership change published in between is not lost.
+    pub fn register(&self, handle: ConnHandle) {
+        let mut inner = self.inner.write().expect("registry lock poisoned");
+        let user = handle.user.clone();
+        let id = handle.id.clone();
+        inner.conns.insert(id.clone(), handle);
+        inner.users.entry(user).or_default().conns.push(id);
+        self.metrics.connections.set(inner.conns.len() as i64);
+    }
+
+    /// Removes a connection; the user's conversations leave the index with its
+    /// last connection.
+    pub fn unregister(&self, conn: &str) {
+        let mut inner = self.inner.write().expect("registry lock poisoned");
+        let Some(handle) = inner.conns.remove(conn) else {
+            return;
+        };
+        let user = handle.user;
+        let now_empty = match inner.users.get_mut(&user) {
+            Some(entry) => {
+                entry.conns.retain(|c| &**c != conn);
+                entry.conns.is_empty()
+            }
+            None => false,
+        };
+        if now_empty {
+            if let Some(entry) = inner.users.remove(&user) {
+                for conv in entry.convs {
+                    if let Some(members) = inner.convs.get_mut(&conv) {
+                        members.remove(&user);
+                        if members.is_empty() {
+                            inner.convs.remove(&conv);
+                        }
+                    }
+                }
+            }
+        }
+        self.metrics.connections.set(inner.conns.len() as i64);
+    }
+
+    /// Indexes `user`'s local connections as members of `convs`. Users with no
+    /// connection here are ignored.
+    pub fn join<'a>(&self, user: &str, convs: impl IntoIterator<Item = &'a str>) {
+        let mut inner = self.inner.write().expect("registry lock poisoned");
+        let Inner {
+            users,
+            convs: by_conv,
+            ..
+        } = &mut *inner;
+        let Some(user_key) = users.get_key_value(user).map(|(k, _)| k.clone()) else {
+            return;
+        };
+        let Some(entry) = users.get_mut(user) else {
+            return;
+        };
+        for conv in convs {
+            let conv: Arc<str> = match by_conv.get_key_value(conv) {
+                Some((k, _)) => k.clone(),
+                None => Arc::from(conv),
+            };
+            entry.convs.insert(conv.clone());
+            by_conv.entry(conv).or_default().insert(user_key.clone());
+        }
+    }
+
+    /// Several users joined one conversation.
+    pub fn join_many(&self, conv: &str, users: &[String]) {
+        for user in users {
+            self.join(user, [conv]);
+        }
+    }
+
+    /// Users left a conversation.
+    pub fn leave_many(&self, conv: &str, users: &[String]) {
+        let mut inner = self.inner.write().expect("registry lock poisoned");
+        for user in users {
+            if let Some(entry) = inner.users.get_mut(user.as_str()) {
+                entry.convs.remove(conv);
+            }
+            if let Some(members) = inner.convs.get_mut(conv) {
+                members.remove(user.as_str());
+                if members.is_empty() {
+                    inner.convs.remove(conv);
+                }
+            }
+        }
+    }
+
+    /// Queues `frame` on every matching local connection; returns how many.
+    pub fn deliver(&self, target: &Target, exclude: &Exclude, frame: &Utf8Bytes) -> usize {
+        let inner = self.inner.read().expect("registry lock poisoned");
+        let mut delivered = 0;
+        let mut send_to_user = |user: &str| {
+            if matches!(exclude, Exclude::User(u) if u == user) {
+                return;
+            }
+            let Some(entry) = inner.users.get(user) else {
+                return;
+            };
+            for conn in &entry.conns {
+                if matches!(exclude, Exclude::Conn(c) if **c == **conn) {
+                    continue;
+                }
+                if let Some(handle) = inner.conns.get(conn) {
+                    if self.push(handle, frame.clone()) {
+                        delivered += 1;
+                    }
+                }
+            }
+        };
+        match target {
+            Target::User(user) => send_to_user(user),
+            Target::Conv(conv) => {
+                if let Some(members) = inner.convs.get(conv.as_str()) {
+                    for user in members {
+                        send_to_user(user);
+                    }
+                }
+            }
+        }
+        delivered
+    }
+
+    /// Queues a frame on one connection: a full queue asks the connection to
+    /// close as a slow consumer.
+    pub fn push(&self, handle: &ConnHandle, frame: Utf8Bytes) -> bool {
+        match handle.outbox.try_send(frame) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.metrics.outbound_drops.inc();
+                if handle.kill.code() == 0 {
+                    self.metrics.slow_consumer_closes.inc();
+                }
+                handle.kill.request(close::SLOW_CONSUMER);
+                false
+            }
+            // The connection is already gone; its task unregisters it.
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    /// Number of live connections on this node.
+    pub fn len(&self) -> usize {
+        self.inner
+            .read()
+            .expect("registry lock poisoned")
+            .conns
+            .len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Panics if the indexes disagree; called by tests after every scenario.
+    pub fn check_invariants(&self) {
+        let inner = self.inner.read().expect("registry lock poisoned");
+        for (id, handle) in &inner.conns {
+            let entry = inner
+                .users
+                .get(&handle.user)
+                .unwrap_or_else(|| panic!("connection {id} has no user entry"));
+            assert!(entry.conns.contains(id), "user entry lacks connection {id}");
+        }
+        for (user, entry) in &inner.users {
+            assert!(
+                !entry.conns.is_empty(),
+                "user {user} kept without connections"
+            );
+            for conn in &entry.conns {
+                assert!(inner.conns.contains_key(conn), "dangling connection {conn}");
+            }
+            for conv in &entry.convs {
+                assert!(
+                    inner.convs.get(conv).is_some_and(|m| m.contains(user)),
+                    "conversation {conv} index lacks user {user}"
+                );
+            }
+        }
+        for (conv, members) in &inner.convs {
+            assert!(!members.is_empty(), "empty member set kept for {conv}");
+            for user in members {
+                assert!(
+                    inner
+                        .users
+                        .get(user)
+                        .is_some_and(|e| e.convs.contains(conv)),
+                    "user {user} indexed in {conv} without the reverse entry"
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn handle(id: &str, user: &str, cap: usize) -> (ConnHandle, mpsc::Receiver<Utf8Bytes>) {
+        let (tx, rx) = mpsc::channel(cap);
+        (
+            ConnHandle {
+                id: Arc::from(id),
+                user: Arc::from(user),
+                outbox: tx,
+                kill: Arc::new(Kill::default()),
+            },
+            rx,
+        )
+    }
+
+    fn registry() -> Registry {
+        Registry::new(Arc::new(Metrics::new("test")))
+    }
+
+    #[test]
+    fn routes_by_conversation_and_user_with_exclusions() {
+        let reg = registry();
+        let (a1, mut ra1) = handle("c1", "alice", 8);
+        let (a2, mut ra2) = handle("c2", "alice", 8);
+        let (b1, mut rb1) = handle("c3", "bob", 8);
+        for h in [a1, a2, b1] {
+            reg.register(h);
+        }
+        reg.join("alice", ["cv"]);
+        reg.join("bob", ["cv", "other"]);
+        reg.join("nobody", ["cv"]);
+        reg.check_invariants();
+
+        let f = Utf8Bytes::from_static("x");
+        assert_eq!(
+            reg.deliver(&Target::Conv("cv".into()), &Exclude::Nobody, &f),
+            3
+        );
+        assert_eq!(
+            reg.deliver(&Target::Conv("cv".into()), &Exclude::Conn("c1".into()), &f),
+            2
+        );
+        assert_eq!(
+            reg.deliver(
+                &Target::Conv("cv".into()),
+                &Exclude::User("alice".into()),
+                &f
+            ),
+            1
+        );
+        assert_eq!(
+            reg.deliver(&Target::User("alice".into()), &Exclude::Nobody, &f),
+            2
+        );
+        assert_eq!(
+            reg.deliver(&Target::Conv("none".into()), &Exclude::Nobody, &f),
+            0
+        );
+        assert_eq!(ra1.try_recv().ok().as_deref(), Some("x"));
+        assert!(ra2.try_recv().is_ok() && rb1.try_recv().is_ok());
+
+        reg.unregister("c1");
+        reg.check_invariants();
+        assert_eq!(
+            reg.deliver(&Target::Conv("cv".into()), &Exclude::Nobody, &f),
+            2
+        );
+        reg.unregister("c2");
+        reg.check_invariants();
+        assert_eq!(
+            reg.deliver(&Target::Conv("cv".into()), &Exclude::Nobody, &f),
+            1
+        );
+        reg.leave_many("cv", &["bob".into()]);
+        reg.check_invariants();
+        assert_eq!(
+            reg.deliver(&Target::Conv("cv".into()), &Exclude::Nobody, &f),
+            0
+        );
+        reg.unregister("c3");
+        reg.check_invariants();
+        assert!(reg.is_empty());
+    }
+
+    #[test]
+    fn a_full_outbox_requests_a_slow_consumer_close() {
+        let reg = registry();
+        let (h, _rx) = handle("c1", "alice", 1);
+        let kill = h.kill.clone();
+        reg.register(h);
+        reg.join("alice", ["cv"]);
+        let f = Utf8Bytes::from_static("x");
+        assert_eq!(
+            reg.deliver(&Target::Conv("cv".into()), &Exclude::Nobody, &f),
+            1
+        );
+        assert_eq!(kill.code(), 0);
+        assert_eq!(
+            reg.deliver(&Target::Conv("cv".into()), &Exclude::Nobody, &f),
+            0
+        );
+        assert_eq!(kill.code(), close::SLOW_CONSUMER);
+    }
+}

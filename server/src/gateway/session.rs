@@ -1,0 +1,566 @@
+//! One WebSocket connection, from `auth` to close.
+//!
+//! A single task owns the socket and runs one `select!` over: a close request
+//! (slow consumer), server shutdown, the outbound queue, inbound frames and the
+//! idle deadline. Everything sent to the client — replies and events alike —
+//! goes through the connection's bounded outbound queue, so ordering is the
+//! queue's order; the writer takes whatever is queued and writes it with one
+//! flush, which is what lets one connection receive tens of thousands of
+//! frames per second without a system call per frame.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::error::Error as WsError;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Message as WsMessage, Utf8Bytes};
+use tokio_tungstenite::WebSocketStream;
+use tracing::Instrument;
+
+use switchboard_protocol::{
+    close, AuthOk, ClientFrame, ErrorCode, OkBody, ReqId, ReqOnly, ServerFrame, UserRef,
+};
+
+use super::registry::{ConnHandle, Kill};
+use crate::auth;
+use crate::conversations::{self, messages};
+use crate::error::{AppError, AppResult};
+use crate::state::AppState;
+use crate::util::{new_id, now_ms};
+
+type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
+/// Frames written per flush at most. Why 512: large enough that a burst goes
+/// out in a handful of writes, small enough that a connection under a flood
+/// still returns to reading its own socket regularly.
+const MAX_BATCH: usize = 512;
+/// How long a close frame may take to reach a client before the socket is
+/// dropped anyway (a slow consumer may never read it).
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// After our close frame, how long we keep reading so that unread input does
+/// not make the kernel reset the connection before the client reads the close.
+const LINGER: Duration = Duration::from_millis(500);
+/// Window over which rate-limit strikes are counted.
+const STRIKE_WINDOW: Duration = Duration::from_secs(10);
+/// 1013 "try again later": the store is down while a client authenticates.
+const TRY_AGAIN_LATER: u16 = 1013;
+
+/// Runs a connection to its end.
+pub async fn run(state: AppState, mut ws: Ws) {
+    let Some((user, req)) = await_auth(&state, &mut ws).await else {
+        return;
+    };
+    let conn_id: Arc<str> = Arc::from(new_id("c_"));
+    let span = tracing::info_span!("session", conn = %conn_id, user = %user.id);
+    async move {
+        let limits = &state.config().limits;
+        let (outbox, rx) = mpsc::channel(limits.outbound_queue);
+        let handle = ConnHandle {
+            id: conn_id.clone(),
+            user: Arc::from(user.id.as_str()),
+            outbox,
+            kill: Arc::new(Kill::default()),
+        };
+        // Register before reading the conversation list: a membership change
+        // published meanwhile then reaches this connection's index.
+        state.registry().register(handle.clone());
+        let _registered = Unregister(state.clone(), conn_id.clone());
+        let conversations =
+            match conversations::open_conversations_of(state.store(), &user.id).await {
+                Ok(c) => c,
+                Err(e) => {
+                    e.log();
+                    let _ = ws
+                        .send(text(&ServerFrame::error(req, e.code(), e.public_message())))
+                        .await;
+                    close_gracefully(&mut ws, TRY_AGAIN_LATER, "try again later").await;
+                    return;
+                }
+            };
+        state
+            .registry()
+            .join(&user.id, conversations.iter().map(|c| c.id.as_str()));
+        tracing::debug!(conversations = conversations.len(), "authenticated");
+        let welcome = ServerFrame::Ok {
+            req,
+            body: OkBody::Auth(AuthOk {
+                user: user.clone(),
+                connection: conn_id.to_string(),
+                server_time: now_ms(),
+                heartbeat_s: limits.heartbeat_s,
+                conversations,
+            }),
+        };
+        let mut session = Session {
+            state: state.clone(),
+            user,
+            handle,
+            limiter: RateLimiter::new(limits.rate_per_sec, limits.rate_burst, limits.rate_strikes),
+        };
+        session.reply(&welcome);
+        session.serve(ws, rx).await;
+    }
+    .instrument(span)
+    .await
+}
+
+/// Removes the connection from the registry however the session ends.
+struct Unregister(AppState, Arc<str>);
+
+impl Drop for Unregister {
+    fn drop(&mut self) {
+        self.0.registry().unregister(&self.1);
+    }
+}
+
+fn text(frame: &ServerFrame) -> WsMessage {
+    WsMessage::Text(Utf8Bytes::from(frame.to_json()))
+}
+
+fn is_too_large(e: &WsError) -> bool {
+    matches!(e, WsError::Capacity(_))
+}
+
+/// Waits for the first frame, which must be a valid `auth`.
+async fn await_auth(state: &AppState, ws: &mut Ws) -> Option<(UserRef, Option<ReqId>)> {
+    let deadline = Instant::now() + Duration::from_secs(state.config().limits.auth_timeout_s);
+    loop {
+        let next = match tokio::time::timeout_at(deadline, ws.next()).await {
+            Err(_) => {
+                close_gracefully(ws, close::NOT_AUTHENTICATED, "auth timeout").await;
+                return None;
+            }
+            Ok(None) => return None,
+            Ok(Some(Err(e))) => {
+                if is_too_large(&e) {
+                    close_gracefully(ws, close::TOO_LARGE, "frame too large").await;
+                }
+                return None;
+            }
+            Ok(Some(Ok(m))) => m,
+        };
+        let text = match next {
+            WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_) => continue,
+            WsMessage::Close(_) => return None,
+            WsMessage::Binary(_) => {
+                close_gracefully(ws, close::NOT_AUTHENTICATED, "auth required").await;
+                return None;
+            }
+            WsMessage::Text(t) => t,
+        };
+        let Ok(ClientFrame::Auth { req, token }) = serde_json::from_str::<ClientFrame>(&text)
+        else {
+            close_gracefully(ws, close::NOT_AUTHENTICATED, "auth required").await;
+            return None;
+        };
+        return match auth::authenticate(state, &token).await {
+            Ok(user) => Some((user, req)),
+            Err(e) => {
+                e.log();
+                let code = e.code();
+                let _ = ws.send(text_frame(req, code, e.public_message())).await;
+                if code == ErrorCode::Unavailable || code == ErrorCode::Internal {
+                    close_gracefully(ws, TRY_AGAIN_LATER, "try again later").await;
+                } else {
+                    close_gracefully(ws, close::BAD_TOKEN, "invalid token").await;
+                }
+                None
+            }
+        };
+    }
+}
+
+fn text_frame(req: Option<ReqId>, code: ErrorCode, message: String) -> WsMessage {
+    text(&ServerFrame::error(req, code, message))
+}
+
+/// Sends a close frame, half-closes, and reads briefly so that input the
+/// client already sent (an oversize frame, say) does not turn our orderly
+/// close into a TCP reset that would hide the close code from the client.
+async fn close_gracefully(ws: &mut Ws, code: u16, reason: &str) {
+    let frame = CloseFrame {
+        code: CloseCode::from(code),
+        reason: reason.into(),
+    };
+    if tokio::time::timeout(CLOSE_TIMEOUT, ws.send(WsMessage::Close(Some(frame))))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let io = ws.get_mut();
+    let _ = tokio::time::timeout(LINGER, io.shutdown()).await;
+    let linger = async {
+        let mut scratch = [0u8; 4096];
+        let mut total = 0usize;
+        // Bounded: at most 1 MiB is read and thrown away.
+        while total < 1 << 20 {
+            match io.read(&mut scratch).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, linger).await;
+}
+
+/// Per-connection token bucket plus a count of recent rejections.
+struct RateLimiter {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+    strikes: u32,
+    max_strikes: u32,
+    window_start: Instant,
+}
+
+enum RateVerdict {
+    Allow,
+    Reject,
+    Close,
+}
+
+impl RateLimiter {
+    fn new(rate: u32, burst: u32, max_strikes: u32) -> Self {
+        let now = Instant::now();
+        RateLimiter {
+            rate: rate as f64,
+            burst: burst as f64,
+            tokens: burst as f64,
+            last: now,
+            strikes: 0,
+            max_strikes,
+            window_start: now,
+        }
+    }
+
+    fn check(&mut self) -> RateVerdict {
+        let now = Instant::now();
+        let elapsed = now.duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            return RateVerdict::Allow;
+        }
+        if now.duration_since(self.window_start) > STRIKE_WINDOW {
+            self.window_start = now;
+            self.strikes = 0;
+        }
+        self.strikes += 1;
+        if self.strikes > self.max_strikes {
+            RateVerdict::Close
+        } else {
+            RateVerdict::Reject
+        }
+    }
+}
+
+struct Session {
+    state: AppState,
+    user: UserRef,
+    handle: ConnHandle,
+    limiter: RateLimiter,
+}
+
+/// What the loop does after an inbound frame.
+enum Flow {
+    Continue,
+    Close(u16, &'static str),
+}
+
+impl Session {
+    /// Queues a frame for this connection.
+    fn reply(&self, frame: &ServerFrame) {
+        self.state
+            .registry()
+            .push(&self.handle, Utf8Bytes::from(frame.to_json()));
+    }
+
+    fn reply_error(&self, req: Option<ReqId>, error: &AppError) {
+        error.log();
+        self.reply(&ServerFrame::error(
+            req,
+            error.code(),
+            error.public_message(),
+        ));
+    }
+
+    async fn serve(&mut self, mut ws: Ws, mut rx: mpsc::Receiver<Utf8Bytes>) {
+        let kill = self.handle.kill.clone();
+        let shutdown = self.state.shutdown_token().clone();
+        let idle_after = Duration::from_secs(self.state.config().limits.heartbeat_s * 3);
+        let mut idle_deadline = Instant::now() + idle_after;
+        loop {
+            tokio::select! {
+                // Close requests first: a slow consumer must not be fed more.
+                biased;
+                _ = kill.requested() => {
+                    rx.close();
+                    let code = kill.code();
+                    tracing::info!(code, "closing connection");
+                    close_gracefully(&mut ws, code, reason_of(code)).await;
+                    break;
+                }
+                _ = shutdown.cancelled() => {
+                    // Deliver what is already queued, then tell the client to reconnect.
+                    let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.drain(&mut ws, &mut rx)).await;
+                    close_gracefully(&mut ws, close::RESTARTING, "server restarting").await;
+                    break;
+                }
+                Some(first) = rx.recv() => {
+                    let written = tokio::select! {
+                        r = write_batch(&mut ws, first, &mut rx) => r,
+                        // A stuck socket must not keep us from closing it.
+                        _ = kill.requested() => continue,
+                        _ = shutdown.cancelled() => continue,
+                    };
+                    match written {
+                        Ok(n) => self.state.metrics().frames_out.inc_by(n as u64),
+                        Err(_) => break,
+                    }
+                }
+                inbound = ws.next() => {
+                    idle_deadline = Instant::now() + idle_after;
+                    let flow = match inbound {
+                        None => break,
+                        Some(Err(e)) => {
+                            if is_too_large(&e) {
+                                Flow::Close(close::TOO_LARGE, "frame too large")
+                            } else {
+                                break;
+                            }
+                        }
+                        Some(Ok(WsMessage::Text(t))) => self.on_text(&t).await,
+                        Some(Ok(WsMessage::Binary(_))) => {
+                            self.on_rejected_frame(None, AppError::bad_request(
+                                "binary frames are not supported; send JSON text frames",
+                            ))
+                        }
+                        Some(Ok(WsMessage::Close(_))) => {
+                            let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.flush()).await;
+                            break;
+                        }
+                        Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_))) => {
+                            Flow::Continue
+                        }
+                    };
+                    if let Flow::Close(code, reason) = flow {
+                        rx.close();
+                        close_gracefully(&mut ws, code, reason).await;
+                        break;
+                    }
+                }
+                _ = tokio::time::sleep_until(idle_deadline) => {
+                    close_gracefully(&mut ws, close::NORMAL, "idle timeout").await;
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Writes everything still queued (used on shutdown).
+    async fn drain(&self, ws: &mut Ws, rx: &mut mpsc::Receiver<Utf8Bytes>) {
+        while let Ok(first) = rx.try_recv() {
+            match write_batch(ws, first, rx).await {
+                Ok(n) => self.state.metrics().frames_out.inc_by(n as u64),
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// A frame that is counted against the rate limit but cannot be executed.
+    fn on_rejected_frame(&mut self, req: Option<ReqId>, error: AppError) -> Flow {
+        if let Some(flow) = self.rate_check(req) {
+            return flow;
+        }
+        self.state
+            .metrics()
+            .frames_in
+            .with_label_values(&["invalid"])
+            .inc();
+        self.reply_error(req, &error);
+        Flow::Continue
+    }
+
+    /// `Some(flow)` when the rate limit stops this frame.
+    fn rate_check(&mut self, req: Option<ReqId>) -> Option<Flow> {
+        match self.limiter.check() {
+            RateVerdict::Allow => None,
+            RateVerdict::Reject => {
+                self.state.metrics().rate_limited.inc();
+                self.reply(&ServerFrame::error(
+                    req,
+                    ErrorCode::RateLimited,
+                    "too many frames; slow down",
+                ));
+                Some(Flow::Continue)
+            }
+            RateVerdict::Close => {
+                self.state.metrics().rate_limited.inc();
+                Some(Flow::Close(close::RATE_LIMITED, "rate limit exceeded"))
+            }
+        }
+    }
+
+    async fn on_text(&mut self, text: &str) -> Flow {
+        let frame = match serde_json::from_str::<ClientFrame>(text) {
+            Ok(frame) => frame,
+            Err(e) => {
+                let req = serde_json::from_str::<ReqOnly>(text)
+                    .ok()
+                    .and_then(|r| r.req);
+                return self
+                    .on_rejected_frame(req, AppError::bad_request(describe_parse_error(&e)));
+            }
+        };
+        let req = frame.req();
+        if let Some(flow) = self.rate_check(req) {
+            return flow;
+        }
+        self.state
+            .metrics()
+            .frames_in
+            .with_label_values(&[frame.type_name()])
+            .inc();
+        match self.execute(frame).await {
+            Ok(Some(reply)) => self.reply(&reply),
+            Ok(None) => {}
+            Err(e) => self.reply_error(req, &e),
+        }
+        Flow::Continue
+    }
+
+    /// Runs one request; `Ok(None)` means nothing to answer (no `req`).
+    async fn execute(&mut self, frame: ClientFrame) -> AppResult<Option<ServerFrame>> {
+        let state = &self.state;
+        let user = &self.user;
+        let ok = |req: Option<ReqId>, body: OkBody| {
+            req.map(|req| ServerFrame::Ok {
+                req: Some(req),
+                body,
+            })
+        };
+        let empty = |req: Option<ReqId>| ok(req, OkBody::Empty {});
+        match frame {
+            ClientFrame::Auth { .. } => Err(AppError::bad_request(
+                "this connection is already authenticated",
+            )),
+            ClientFrame::Ping { req } => Ok(Some(ServerFrame::Pong { req })),
+            ClientFrame::Send {
+                req,
+                conv,
+                client_msg_id,
+                kind,
+                body,
+                attachment,
+            } => {
+                let started = std::time::Instant::now();
+                let input = messages::SendInput {
+                    conv,
+                    client_msg_id,
+                    kind,
+                    body,
+                    attachment,
+                };
+                let msg = messages::send_message(state, user, Some(&self.handle.id), input).await?;
+                state
+                    .metrics()
+                    .send_ack_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                Ok(ok(req, OkBody::Sent { msg }))
+            }
+            ClientFrame::Sync {
+                req,
+                conv,
+                after,
+                before,
+                limit,
+            } => {
+                let page = match (after, before) {
+                    (Some(_), Some(_)) => {
+                        return Err(AppError::bad_request(
+                            "give either after or before, not both",
+                        ))
+                    }
+                    (None, Some(b)) => messages::Page::Before(b),
+                    (a, None) => messages::Page::After(a.unwrap_or(0)),
+                };
+                let limit = limit.unwrap_or(switchboard_protocol::limits::SYNC_DEFAULT_LIMIT);
+                let page = messages::sync_messages(state, user, &conv, page, limit).await?;
+                Ok(ok(req, OkBody::Sync(page)))
+            }
+            ClientFrame::Read { req, conv, seq } => {
+                messages::mark_read(state, user, &conv, seq).await?;
+                Ok(empty(req))
+            }
+            ClientFrame::Typing { req, conv } => {
+                messages::typing(state, user, &conv).await?;
+                Ok(empty(req))
+            }
+            ClientFrame::Recall { req, conv, msg_id } => {
+                messages::recall(state, user, &conv, &msg_id).await?;
+                Ok(empty(req))
+            }
+            // Dispatch frames: defined by the protocol, served by the dispatch release.
+            ClientFrame::Consult { .. }
+            | ClientFrame::Presence { .. }
+            | ClientFrame::Accept { .. }
+            | ClientFrame::Transfer { .. }
+            | ClientFrame::Close { .. }
+            | ClientFrame::Rate { .. }
+            | ClientFrame::Watch { .. }
+            | ClientFrame::Assign { .. } => Err(AppError::new(
+                ErrorCode::Unavailable,
+                "dispatch is not available in this version",
+            )),
+        }
+    }
+}
+
+fn reason_of(code: u16) -> &'static str {
+    match code {
+        close::SLOW_CONSUMER => "slow consumer",
+        close::RATE_LIMITED => "rate limit exceeded",
+        close::RESTARTING => "server restarting",
+        _ => "closing",
+    }
+}
+
+/// A parse error in words a client developer can act on.
+fn describe_parse_error(e: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    match e.classify() {
+        Category::Syntax | Category::Eof => format!("frame is not valid JSON: {e}"),
+        Category::Data => format!("frame does not match the protocol: {e}"),
+        Category::Io => "frame could not be read".to_string(),
+    }
+}
+
+/// Writes `first` and whatever else is queued, then flushes once.
+async fn write_batch(
+    ws: &mut Ws,
+    first: Utf8Bytes,
+    rx: &mut mpsc::Receiver<Utf8Bytes>,
+) -> Result<usize, WsError> {
+    ws.feed(WsMessage::Text(first)).await?;
+    let mut n = 1;
+    while n < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(frame) => {
+                ws.feed(WsMessage::Text(frame)).await?;
+                n += 1;
+            }
+            Err(_) => break,
+        }
+    }
+    ws.flush().await?;
+    Ok(n)
+}

@@ -1,0 +1,180 @@
+//! Switchboard: a real-time messaging and customer-service server.
+//!
+//! [`run`] is the one seam that starts a whole server on a bound listener and
+//! stops it when a cancellation token fires; `main.rs` and the integration
+//! tests both call it. The server runs the same code on either store (SQLite or
+//! PostgreSQL) and either bus (in-process or Redis).
+//!
+//! Layout:
+//! - [`config`]: typed configuration from TOML and the environment.
+//! - [`store`]: the database seam (SQLite or PostgreSQL through sqlx).
+//! - [`bus`]: the cross-node seam (in-process or Redis pub/sub).
+//! - [`auth`]: users, password hashes, tokens, quick links.
+//! - [`conversations`]: conversations, members, messages.
+//! - [`uploads`]: attachments and their file store.
+//! - [`gateway`]: the WebSocket endpoint, sessions and the connection registry.
+//! - [`api`]: HTTP routes.
+//! - [`state`]: the shared handle and event fan-out.
+//! - [`metrics`], [`error`], [`util`]: Prometheus metrics, the error type, helpers.
+
+pub mod api;
+pub mod auth;
+pub mod bus;
+pub mod config;
+pub mod conversations;
+pub mod error;
+pub mod gateway;
+pub mod metrics;
+pub mod state;
+pub mod store;
+pub mod uploads;
+pub mod util;
+
+use std::future::IntoFuture;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::bus::local::LocalNetwork;
+use crate::bus::Bus;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::state::{AppState, StateParts};
+use crate::store::Store;
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("database: {0}")]
+    Store(#[from] sqlx::Error),
+    #[error("migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Runs a server on `listener` until `shutdown` fires, then drains: stop
+/// accepting, close every session with 1012, wait for sessions within the
+/// drain timeout, stop background tasks, close the store.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), ServerError> {
+    run_on(config, listener, shutdown, LocalNetwork::new()).await
+}
+
+/// Like [`run`], joining the in-process bus `network` when no Redis is
+/// configured: several servers in one process on one network act as a cluster
+/// (used by tests).
+pub async fn run_on(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    network: LocalNetwork,
+) -> Result<(), ServerError> {
+    let node_id = config
+        .node_id
+        .clone()
+        .unwrap_or_else(|| format!("node-{}", &util::random_token()[..8]));
+    let metrics = Arc::new(Metrics::new(&node_id));
+    let store = Store::open(&config).await?;
+    store.migrate().await?;
+    let secret = auth::load_jwt_secret(&store, config.jwt_secret.as_ref().map(|s| s.expose()))
+        .await
+        .map_err(|e| ServerError::Other(format!("loading the JWT secret: {e}")))?;
+    let keys = auth::TokenKeys::new(&secret, config.limits.access_token_ttl_s);
+    let bus = match &config.redis_url {
+        Some(url) => Bus::Redis(bus::redis::RedisBus::new(
+            url.expose(),
+            &config.redis_prefix,
+            &node_id,
+            metrics.clone(),
+        )?),
+        None => Bus::Local(network.bus(&node_id, metrics.clone())),
+    };
+    let files = uploads::FileStore::new(config.data_dir.join("uploads"))?;
+    let sessions = TaskTracker::new();
+    let workers = TaskTracker::new();
+    let workers_stop = CancellationToken::new();
+    let drain = Duration::from_secs(config.limits.shutdown_drain_s);
+    let state = AppState::new(StateParts {
+        config,
+        node_id: node_id.clone(),
+        store: store.clone(),
+        bus: bus.clone(),
+        keys,
+        metrics,
+        files,
+        shutdown: shutdown.clone(),
+        tracker: sessions.clone(),
+    });
+    {
+        let state = state.clone();
+        bus.start(
+            Arc::new(move |msg| state.apply_bus_message(msg)),
+            &workers,
+            workers_stop.clone(),
+        );
+    }
+
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, node = %node_id, backend = ?store.backend(), "switchboard listening");
+    let app = api::router(state.clone());
+    let stop_http = {
+        let state = state.clone();
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown.cancelled().await;
+            state.stop_accepting();
+        }
+    };
+    let mut http = tokio::spawn(
+        axum::serve(listener, app)
+            .with_graceful_shutdown(stop_http)
+            .into_future(),
+    );
+    let early = tokio::select! {
+        _ = shutdown.cancelled() => None,
+        result = &mut http => Some(result),
+    };
+    if let Some(result) = early {
+        // The listener failed before any shutdown was asked for.
+        shutdown.cancel();
+        return match result {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(ServerError::Io(e)),
+            Err(e) => Err(ServerError::Other(format!("http task: {e}"))),
+        };
+    }
+    tracing::info!(sessions = state.registry().len(), "shutting down");
+    let deadline = tokio::time::Instant::now() + drain;
+    // axum's graceful shutdown covers plain HTTP only; the sessions of
+    // upgraded sockets watch the same token and close themselves with 1012.
+    if tokio::time::timeout_at(deadline, &mut http).await.is_err() {
+        http.abort();
+    }
+    sessions.close();
+    if tokio::time::timeout_at(deadline, sessions.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            left = state.registry().len(),
+            "drain timeout: dropping the remaining sessions"
+        );
+    }
+    workers_stop.cancel();
+    workers.close();
+    let _ = tokio::time::timeout(Duration::from_secs(2), workers.wait()).await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), store.close()).await;
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,163 @@
+//! The store seam: SQLite (a file in WAL mode) or PostgreSQL, behind one code path.
+//!
+//! Both engines are reached through sqlx's `Any` driver with one SQL dialect
+//! subset: `$N` placeholders (SQLite accepts them too), TEXT and BIGINT columns,
+//! `RETURNING`, `ON CONFLICT`. The domain modules own their queries and run them
+//! on [`Store::write`] or [`Store::read`]. Where the engines really differ —
+//! pool shape and connection pragmas — [`Backend`] decides here, in one place.
+//!
+//! SQLite allows one writer at a time; rather than let several pooled
+//! connections fight over the lock with busy-wait sleeps, writes go through a
+//! pool of exactly one connection (queued fairly by the pool) and reads through
+//! a separate pool that WAL lets run beside the writer. PostgreSQL uses one pool
+//! for both.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Executor};
+
+use crate::config::Config;
+
+/// Which engine is behind the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Per-connection SQLite settings. WAL: readers never block the writer.
+/// synchronous=FULL: an acked message survives a power cut, not only a crash.
+fn sqlite_pragmas(
+    conn: &mut sqlx::AnyConnection,
+) -> futures_util::future::BoxFuture<'_, Result<(), sqlx::Error>> {
+    Box::pin(async move {
+        conn.execute(
+            format!(
+                "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; \
+                 PRAGMA foreign_keys=ON; PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS};"
+            )
+            .as_str(),
+        )
+        .await?;
+        Ok(())
+    })
+}
+
+/// A cheap handle to the database pools.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<StoreInner>,
+}
+
+struct StoreInner {
+    backend: Backend,
+    write: AnyPool,
+    read: AnyPool,
+}
+
+/// The migrations in `migrations/`, embedded in the binary.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+
+/// How long a request waits for a pooled connection before failing with
+/// `unavailable`: long enough to ride out a burst, short enough that a dead
+/// database turns into an error a client sees instead of a hang.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// SQLite waits this long for a lock held by another process (the CLI, a
+/// second server on the same file) before answering `SQLITE_BUSY`.
+const SQLITE_BUSY_TIMEOUT_MS: u64 = 5000;
+
+impl Store {
+    /// Opens the store the configuration names: PostgreSQL when `database_url`
+    /// says so, else the SQLite file `switchboard.db` in the data directory.
+    pub async fn open(config: &Config) -> Result<Store, sqlx::Error> {
+        match &config.database_url {
+            Some(url) => Store::connect(url.expose()).await,
+            None => {
+                std::fs::create_dir_all(&config.data_dir).map_err(sqlx::Error::Io)?;
+                Store::open_sqlite_file(&config.data_dir.join("switchboard.db")).await
+            }
+        }
+    }
+
+    /// Opens (creating if needed) a SQLite database file.
+    pub async fn open_sqlite_file(path: &Path) -> Result<Store, sqlx::Error> {
+        Store::connect(&format!("sqlite://{}?mode=rwc", path.display())).await
+    }
+
+    /// Connects to a `postgres://` or `sqlite:` URL.
+    pub async fn connect(url: &str) -> Result<Store, sqlx::Error> {
+        sqlx::any::install_default_drivers();
+        if url.starts_with("sqlite:") {
+            let write = AnyPoolOptions::new()
+                .max_connections(1)
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .after_connect(|conn, _| sqlite_pragmas(conn))
+                .connect(url)
+                .await?;
+            let read = AnyPoolOptions::new()
+                // Why 4: two cores; more readers only queue on the CPU.
+                .max_connections(4)
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .after_connect(|conn, _| sqlite_pragmas(conn))
+                .connect(url)
+                .await?;
+            Ok(Store {
+                inner: Arc::new(StoreInner {
+                    backend: Backend::Sqlite,
+                    write,
+                    read,
+                }),
+            })
+        } else {
+            let pool = AnyPoolOptions::new()
+                // Why 16: enough for concurrent transactions from one node without
+                // exhausting PostgreSQL's default 100 connections across a few nodes.
+                .max_connections(16)
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .connect(url)
+                .await?;
+            Ok(Store {
+                inner: Arc::new(StoreInner {
+                    backend: Backend::Postgres,
+                    write: pool.clone(),
+                    read: pool,
+                }),
+            })
+        }
+    }
+
+    /// Applies pending migrations.
+    pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
+        MIGRATOR.run(&self.inner.write).await
+    }
+
+    /// The pool for statements that write (and for transactions).
+    pub fn write(&self) -> &AnyPool {
+        &self.inner.write
+    }
+
+    /// The pool for reads outside transactions.
+    pub fn read(&self) -> &AnyPool {
+        &self.inner.read
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.inner.backend
+    }
+
+    /// Whether the database answers; used by `/readyz`.
+    pub async fn ping(&self) -> Result<(), sqlx::Error> {
+        let _: Option<AnyRow> = sqlx::query("SELECT 1").fetch_optional(self.read()).await?;
+        Ok(())
+    }
+
+    /// Closes the pools, waiting for connections in use to be returned.
+    pub async fn close(&self) {
+        self.inner.write.close().await;
+        self.inner.read.close().await;
+    }
+}
