@@ -17,11 +17,14 @@ use crate::util::now_ms;
 /// briefly busy; beyond this the receiver is truly stuck and drops are counted.
 const INBOX: usize = 8192;
 
+/// Where a node receives what the others publish.
+type Inbox = mpsc::Sender<Arc<BusMessage>>;
+
 /// The nodes of one process.
 #[derive(Clone, Default)]
 pub struct LocalNetwork {
     // Why a std Mutex: held only to clone or push senders, never across .await.
-    nodes: Arc<Mutex<Vec<(String, mpsc::Sender<Arc<BusMessage>>)>>>,
+    nodes: Arc<Mutex<Vec<(String, Inbox)>>>,
 }
 
 impl LocalNetwork {

@@ -94,7 +94,10 @@ pub async fn require_redis() -> String {
     .unwrap_or_else(|e| {
         panic!("Redis is required for this test and is not reachable at {url}: {e}. Run scripts/test, which starts it.")
     });
-    let pong: String = redis::cmd("PING").query_async(&mut conn).await.expect("redis PING");
+    let pong: String = redis::cmd("PING")
+        .query_async(&mut conn)
+        .await
+        .expect("redis PING");
     assert_eq!(pong, "PONG");
     url
 }
@@ -132,14 +135,16 @@ impl Cluster {
 
     /// The configuration of one node; `tweak` adjusts it per test.
     pub fn config(&self, node: &str) -> Config {
-        let mut c = Config::default();
-        c.addr = "127.0.0.1:0".parse().unwrap();
-        c.data_dir = self.dir.path().to_path_buf();
-        c.database_url = self.database_url.clone().map(ServiceUrl::new);
-        c.redis_url = self.redis_url.clone().map(ServiceUrl::new);
-        c.redis_prefix = self.redis_prefix.clone();
-        c.jwt_secret = Some(Secret::new(self.jwt_secret.clone()));
-        c.node_id = Some(node.to_string());
+        let mut c = Config {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            data_dir: self.dir.path().to_path_buf(),
+            database_url: self.database_url.clone().map(ServiceUrl::new),
+            redis_url: self.redis_url.clone().map(ServiceUrl::new),
+            redis_prefix: self.redis_prefix.clone(),
+            jwt_secret: Some(Secret::new(self.jwt_secret.clone())),
+            node_id: Some(node.to_string()),
+            ..Config::default()
+        };
         c.limits.shutdown_drain_s = 3;
         c
     }
@@ -537,7 +542,12 @@ impl Client {
     }
 
     /// Syncs after `after`; returns the page.
-    pub async fn sync_after(&mut self, conv: &str, after: i64, limit: u32) -> switchboard_protocol::SyncOk {
+    pub async fn sync_after(
+        &mut self,
+        conv: &str,
+        after: i64,
+        limit: u32,
+    ) -> switchboard_protocol::SyncOk {
         let reply = self
             .request(|req| ClientFrame::Sync {
                 req,
@@ -576,11 +586,14 @@ impl Client {
 
     /// Asserts that no frame arrives within `quiet`.
     pub async fn expect_silence(&mut self, quiet: Duration) {
-        assert!(self.backlog.is_empty(), "unexpected frames: {:?}", self.backlog);
-        if let Ok(Some(Ok(msg))) = tokio::time::timeout(quiet, self.ws.next()).await {
-            if let WsMessage::Text(t) = msg {
-                panic!("expected silence, got {t}");
-            }
+        assert!(
+            self.backlog.is_empty(),
+            "unexpected frames: {:?}",
+            self.backlog
+        );
+        if let Ok(Some(Ok(WsMessage::Text(t)))) = tokio::time::timeout(quiet, self.ws.next()).await
+        {
+            panic!("expected silence, got {t}");
         }
     }
 }
