@@ -215,44 +215,17 @@ async fn create_user(
     ApiJson(body): ApiJson<CreateUserBody>,
 ) -> AppResult<(StatusCode, Json<users::User>)> {
     caller.require_admin()?;
-    let role = match Role::parse(&body.role) {
-        Some(r) if r.is_staff() => r,
-        _ => {
-            return Err(AppError::bad_request(
-                "role must be agent, supervisor or admin",
-            ))
-        }
-    };
-    users::validate_username(&body.username)?;
-    auth::passwords::validate(&body.password)?;
-    let name = users::validate_name(body.name.as_deref().unwrap_or(&body.username))?;
-    if body
-        .max_concurrency
-        .is_some_and(|n| !(1..=100).contains(&n))
-    {
-        return Err(AppError::bad_request("max_concurrency must be 1 to 100"));
-    }
-    if body.skills.len() > 50
-        || body
-            .skills
-            .iter()
-            .any(|s| s.trim().is_empty() || s.chars().count() > 50)
-    {
-        return Err(AppError::bad_request(
-            "skills: at most 50, each 1 to 50 characters",
-        ));
-    }
-    let hash = auth::passwords::hash(&body.password).await?;
-    let user = users::create_user(
+    let role = Role::parse(&body.role)
+        .ok_or_else(|| AppError::bad_request("role must be agent, supervisor or admin"))?;
+    let user = auth::create_staff(
         state.store(),
-        users::NewUser {
-            username: Some(body.username),
-            name,
+        auth::NewStaff {
+            username: body.username,
+            password: body.password,
+            name: body.name,
             role,
-            password_hash: Some(hash),
-            temporary: false,
-            max_concurrency: body.max_concurrency,
             skills: body.skills,
+            max_concurrency: body.max_concurrency,
         },
     )
     .await?;

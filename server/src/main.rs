@@ -3,10 +3,10 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use switchboard_protocol::Role;
-use switchboard_server::auth::{passwords, users};
+use switchboard_server::auth;
 use switchboard_server::config::{Config, LogFormat, DEFAULT_TOML};
 use switchboard_server::store::Store;
 use tokio_util::sync::CancellationToken;
@@ -150,29 +150,20 @@ async fn create_user(
     role: String,
     name: Option<String>,
 ) -> anyhow::Result<()> {
-    let role = match Role::parse(&role) {
-        Some(r) if r.is_staff() => r,
-        _ => bail!("--role must be admin, supervisor or agent"),
-    };
-    users::validate_username(&username).map_err(|e| anyhow::anyhow!(e.public_message()))?;
-    passwords::validate(&password).map_err(|e| anyhow::anyhow!(e.public_message()))?;
-    let name = users::validate_name(name.as_deref().unwrap_or(&username))
-        .map_err(|e| anyhow::anyhow!(e.public_message()))?;
+    let role = Role::parse(&role)
+        .filter(|r| r.is_staff())
+        .context("--role must be admin, supervisor or agent")?;
     let store = Store::open(&config).await.context("opening the database")?;
     store.migrate().await.context("applying migrations")?;
-    let hash = passwords::hash(&password)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let user = users::create_user(
+    let user = auth::create_staff(
         &store,
-        users::NewUser {
-            username: Some(username),
+        auth::NewStaff {
+            username,
+            password,
             name,
             role,
-            password_hash: Some(hash),
-            temporary: false,
-            max_concurrency: None,
             skills: Vec::new(),
+            max_concurrency: None,
         },
     )
     .await

@@ -152,9 +152,14 @@ pub async fn start_session(state: &AppState, user: &User) -> AppResult<TokenPair
         .bind(now)
         .execute(state.store().write())
         .await?;
-    let refresh_token = insert_refresh_token(state, &family, &user.id).await?;
+    issue_pair(state, user, &family).await
+}
+
+/// A fresh access token and refresh token of the user in a family.
+async fn issue_pair(state: &AppState, user: &User, family: &str) -> AppResult<TokenPair> {
+    let refresh_token = insert_refresh_token(state, family, &user.id).await?;
     Ok(TokenPair {
-        access_token: state.keys().issue_access(&user.id, user.role, &family)?,
+        access_token: state.keys().issue_access(&user.id, user.role, family)?,
         refresh_token,
         expires_in: state.keys().access_ttl_s(),
         user: user.as_ref(),
@@ -177,6 +182,56 @@ async fn insert_refresh_token(state: &AppState, family: &str, user_id: &str) -> 
     .execute(state.store().write())
     .await?;
     Ok(token)
+}
+
+/// A staff account to create (from the REST API or the command line).
+#[derive(Debug, Clone)]
+pub struct NewStaff {
+    pub username: String,
+    pub password: String,
+    pub name: Option<String>,
+    pub role: Role,
+    pub skills: Vec<String>,
+    pub max_concurrency: Option<i64>,
+}
+
+/// Validates and creates a staff account with an argon2id password hash.
+pub async fn create_staff(store: &Store, new: NewStaff) -> AppResult<User> {
+    if !new.role.is_staff() {
+        return Err(AppError::bad_request(
+            "role must be agent, supervisor or admin",
+        ));
+    }
+    users::validate_username(&new.username)?;
+    passwords::validate(&new.password)?;
+    let name = users::validate_name(new.name.as_deref().unwrap_or(&new.username))?;
+    if new.max_concurrency.is_some_and(|n| !(1..=100).contains(&n)) {
+        return Err(AppError::bad_request("max_concurrency must be 1 to 100"));
+    }
+    if new.skills.len() > 50
+        || new
+            .skills
+            .iter()
+            .any(|s| s.trim().is_empty() || s.chars().count() > 50)
+    {
+        return Err(AppError::bad_request(
+            "skills: at most 50, each 1 to 50 characters",
+        ));
+    }
+    let hash = passwords::hash(&new.password).await?;
+    users::create_user(
+        store,
+        users::NewUser {
+            username: Some(new.username),
+            name,
+            role: new.role,
+            password_hash: Some(hash),
+            temporary: false,
+            max_concurrency: new.max_concurrency,
+            skills: new.skills,
+        },
+    )
+    .await
 }
 
 /// Checks a username and password; the same error whether the user exists or not.
@@ -251,14 +306,7 @@ pub async fn refresh(state: &AppState, refresh_token: &str) -> AppResult<TokenPa
         .await?
         .filter(|u| !u.disabled)
         .ok_or_else(|| AppError::unauthorized("this account is disabled"))?;
-    let refresh_token = insert_refresh_token(state, &family, &user.id).await?;
-    Ok(TokenPair {
-        access_token: state.keys().issue_access(&user.id, user.role, &family)?,
-        refresh_token,
-        expires_in: state.keys().access_ttl_s(),
-        user: user.as_ref(),
-        must_change_password: user.must_change_password,
-    })
+    issue_pair(state, &user, &family).await
 }
 
 async fn revoke_family(store: &Store, family: &str) -> AppResult<()> {

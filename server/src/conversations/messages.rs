@@ -119,7 +119,9 @@ async fn find_by_client_id(
     .bind(conv)
     .bind(sender)
     .bind(client_msg_id)
-    .fetch_optional(store.write())
+    // The read pool sees every committed row (WAL on SQLite), so this does not
+    // queue behind the single SQLite writer.
+    .fetch_optional(store.read())
     .await?;
     row.as_ref().map(from_row).transpose()
 }
