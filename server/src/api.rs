@@ -7,7 +7,10 @@
 
 use std::time::Duration;
 
-use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Path, Query, Request, State};
+use axum::extract::multipart::MultipartRejection;
+use axum::extract::{
+    DefaultBodyLimit, FromRequest, FromRequestParts, Multipart, Path, Query, Request, State,
+};
 use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
@@ -49,7 +52,8 @@ pub fn router(state: AppState) -> Router {
         .route("/conversations/{id}", get(get_conversation))
         .route("/conversations/{id}/messages", get(list_messages))
         .route("/conversations/{id}/members", get(list_members))
-        .fallback(api_not_found);
+        .fallback(api_not_found)
+        .method_not_allowed_fallback(api_method_not_allowed);
     Router::new()
         .route("/", get(index))
         .route("/healthz", get(healthz))
@@ -70,6 +74,27 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     async fn from_request(req: Request, state: &S) -> AppResult<Self> {
         match Json::<T>::from_request(req, state).await {
             Ok(Json(v)) => Ok(ApiJson(v)),
+            Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(AppError::too_large("the request body is too large"))
+            }
+            Err(rejection) => Err(AppError::bad_request(rejection.body_text())),
+        }
+    }
+}
+
+/// A query string whose rejection is an [`AppError`] with code `bad_request`
+/// (axum's own rejection is plain text, not `{code, message}`).
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = AppError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> AppResult<Self> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(v)) => Ok(ApiQuery(v)),
             Err(rejection) => Err(AppError::bad_request(rejection.body_text())),
         }
     }
@@ -91,6 +116,18 @@ pub struct PageQuery {
 /// Page sizes default to 50 and are clamped to 1..=200.
 fn page_limit(q: &PageQuery) -> i64 {
     q.limit.unwrap_or(50).clamp(1, 200)
+}
+
+/// HTTP 405 with the usual JSON error body (code `bad_request`).
+async fn api_method_not_allowed() -> Response {
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        Json(serde_json::json!({
+            "code": "bad_request",
+            "message": "this route does not take that method; see /api/openapi.json",
+        })),
+    )
+        .into_response()
 }
 
 async fn api_not_found() -> AppError {
@@ -242,7 +279,7 @@ struct ListUsersQuery {
 async fn list_users(
     State(state): State<AppState>,
     caller: AuthUser,
-    Query(q): Query<ListUsersQuery>,
+    ApiQuery(q): ApiQuery<ListUsersQuery>,
 ) -> AppResult<Json<Page<users::User>>> {
     caller.require_staff()?;
     let role = match q.role.as_deref() {
@@ -290,8 +327,11 @@ async fn create_quick_link(
 async fn create_upload(
     State(state): State<AppState>,
     caller: AuthUser,
-    mut multipart: Multipart,
+    multipart: Result<Multipart, MultipartRejection>,
 ) -> AppResult<(StatusCode, Json<UploadInfo>)> {
+    let mut multipart = multipart.map_err(|e| {
+        AppError::bad_request(format!("expected multipart/form-data: {}", e.body_text()))
+    })?;
     let too_large = |e: axum::extract::multipart::MultipartError| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             AppError::too_large("the file is too large")
@@ -367,7 +407,7 @@ async fn create_group(
 async fn list_conversations(
     State(state): State<AppState>,
     caller: AuthUser,
-    Query(q): Query<PageQuery>,
+    ApiQuery(q): ApiQuery<PageQuery>,
 ) -> AppResult<Json<Page<ConversationInfo>>> {
     let limit = page_limit(&q);
     let offset = match q.cursor.as_deref() {
@@ -404,7 +444,7 @@ async fn list_messages(
     State(state): State<AppState>,
     caller: AuthUser,
     Path(id): Path<String>,
-    Query(q): Query<MessagesQuery>,
+    ApiQuery(q): ApiQuery<MessagesQuery>,
 ) -> AppResult<Json<SyncOk>> {
     let page = match (q.after, q.before) {
         (Some(_), Some(_)) => {
