@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::TokenKeys;
 use crate::bus::{Bus, BusMessage, Envelope, Exclude, Target};
 use crate::config::Config;
+use crate::conversations::committer::Committer;
 use crate::gateway::registry::Registry;
 use crate::metrics::Metrics;
 use crate::store::Store;
@@ -29,6 +30,7 @@ struct Inner {
     config: Config,
     node_id: String,
     store: Store,
+    committer: Committer,
     bus: Bus,
     registry: Registry,
     keys: TokenKeys,
@@ -59,6 +61,7 @@ impl AppState {
         AppState {
             inner: Arc::new(Inner {
                 registry: Registry::new(p.metrics.clone()),
+                committer: Committer::start(p.store.clone()),
                 config: p.config,
                 node_id: p.node_id,
                 store: p.store,
@@ -81,6 +84,10 @@ impl AppState {
     }
     pub fn store(&self) -> &Store {
         &self.inner.store
+    }
+    /// Where sends are stored, in group-committed batches.
+    pub fn committer(&self) -> &Committer {
+        &self.inner.committer
     }
     pub fn bus(&self) -> &Bus {
         &self.inner.bus

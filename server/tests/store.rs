@@ -20,6 +20,7 @@ use switchboard_server::auth::{self, users};
 use switchboard_server::bus::local::LocalNetwork;
 use switchboard_server::bus::Bus;
 use switchboard_server::config::Config;
+use switchboard_server::conversations::committer::Stored;
 use switchboard_server::conversations::messages::{self, Page, SendInput};
 use switchboard_server::conversations::{self, create_group};
 use switchboard_server::error::AppResult;
@@ -683,3 +684,57 @@ async fn unreachable_postgres_is_an_error_not_a_hang() {
     .expect("connecting to a dead PostgreSQL must not hang");
     assert!(result.is_err(), "connected to nothing?");
 }
+
+/// Group commit: copies of one send racing each other, inside one batch or
+/// across batches, store one message; a batch that hits a duplicate already
+/// committed elsewhere falls back to one transaction per send and still
+/// answers every send correctly, with gapless `seq`.
+async fn group_commit_dedupes_and_falls_back(store: Store) {
+    let (state, _dir) = app(&store).await;
+    let alice = user(&store, "alice", "爱丽丝", Role::Agent).await.as_ref();
+    let bob = user(&store, "bob", "鲍勃", Role::Agent).await.as_ref();
+    let conv = create_group(&state, &alice, "批量群", std::slice::from_ref(&bob.id))
+        .await
+        .unwrap()
+        .id;
+
+    // 16 concurrent copies of one send: one message, the same answer for all.
+    let copies = futures_util::future::join_all(
+        (0..16).map(|_| messages::send_message(&state, &alice, None, text(&conv, "dup", "同一条"))),
+    )
+    .await;
+    let ids: HashSet<String> = copies.into_iter().map(|m| m.unwrap().id).collect();
+    assert_eq!(ids.len(), 1, "one message for all copies");
+
+    // Bypass the pre-check: hand the committer a duplicate of a committed send
+    // together with fresh sends, so the batch fails and is retried one by one.
+    let committer = state.committer();
+    let results = futures_util::future::join_all(
+        std::iter::once(committer.commit(&alice, text(&conv, "dup", "同一条"), "同一条".into()))
+            .chain((0..5).map(|i| {
+                committer.commit(
+                    &bob,
+                    text(&conv, &format!("fresh-{i}"), "新的"),
+                    "新的".into(),
+                )
+            })),
+    )
+    .await;
+    let mut seqs = Vec::new();
+    for (i, r) in results.into_iter().enumerate() {
+        match (i, r.expect("every send is answered")) {
+            (0, Stored::Existing(m)) => assert!(ids.contains(&m.id), "the original comes back"),
+            (0, other) => panic!("the duplicate must return the original, got {other:?}"),
+            (_, Stored::New(m)) => seqs.push(m.seq),
+            (_, other) => panic!("a fresh send must be stored, got {other:?}"),
+        }
+    }
+    seqs.sort_unstable();
+    assert_eq!(seqs, vec![2, 3, 4, 5, 6], "gapless after the fallback");
+    let stored = all_messages(&state, &alice, &conv).await;
+    assert_eq!(
+        stored.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        (1..=6).collect::<Vec<i64>>()
+    );
+}
+conformance!(group_commit_dedupes_and_falls_back);

@@ -12,14 +12,16 @@ use sqlx::any::AnyRow;
 use sqlx::Row;
 use switchboard_protocol::{limits, Message, MessageKind, Role, ServerFrame, SyncOk, UserRef};
 
+use super::committer::Stored;
 use super::{require_member, visible_conversation};
 use crate::bus::{Exclude, Target};
-use crate::error::{is_unique_violation, AppError, AppResult};
+use crate::error::{AppError, AppResult};
 use crate::state::AppState;
 use crate::store::Store;
-use crate::util::{new_id, now_ms};
+use crate::util::now_ms;
 
-const COLUMNS: &str = "id, conv_id, seq, sender_id, sender_role, sender_name, kind, body, \
+pub(super) const COLUMNS: &str =
+    "id, conv_id, seq, sender_id, sender_role, sender_name, kind, body, \
                        attachment_id, client_msg_id, ts, recalled_at";
 
 fn from_row(row: &AnyRow) -> AppResult<Message> {
@@ -107,7 +109,7 @@ async fn validate_send(store: &Store, sender: &UserRef, input: &SendInput) -> Ap
     }
 }
 
-async fn find_by_client_id(
+pub(super) async fn find_by_client_id(
     store: &Store,
     conv: &str,
     sender: &str,
@@ -142,7 +144,7 @@ pub async fn send_message(
     {
         return Ok(existing);
     }
-    let msg = match store_message(store, sender, &input, body).await? {
+    let msg = match state.committer().commit(sender, input, body).await? {
         Stored::New(msg) => msg,
         Stored::Existing(msg) => return Ok(msg),
     };
@@ -158,96 +160,9 @@ pub async fn send_message(
     Ok(msg)
 }
 
-enum Stored {
-    New(Message),
-    Existing(Message),
-}
-
-async fn store_message(
-    store: &Store,
-    sender: &UserRef,
-    input: &SendInput,
-    body: String,
-) -> AppResult<Stored> {
-    let now = now_ms();
-    let mut tx = store.write().begin().await?;
-    // The write comes first so that SQLite takes its write lock at once and
-    // PostgreSQL locks the conversation row: concurrent senders queue here.
-    let seq_row = sqlx::query(
-        "UPDATE conversations SET last_seq = last_seq + 1, updated_at = $3 \
-         WHERE id = $1 AND state <> 'closed' AND EXISTS \
-         (SELECT 1 FROM conversation_members WHERE conv_id = $1 AND user_id = $2) \
-         RETURNING last_seq",
-    )
-    .bind(&input.conv)
-    .bind(&sender.id)
-    .bind(now)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let Some(seq_row) = seq_row else {
-        tx.rollback().await?;
-        return Err(why_not_writable(store, &sender.id, &input.conv).await);
-    };
-    let seq: i64 = seq_row.try_get("last_seq")?;
-    let msg = Message {
-        id: new_id("m_"),
-        conv: input.conv.clone(),
-        seq,
-        sender: sender.clone(),
-        kind: input.kind,
-        body,
-        attachment: input.attachment.clone(),
-        client_msg_id: Some(input.client_msg_id.clone()),
-        ts: now,
-        recalled: false,
-    };
-    let inserted = sqlx::query(&format!(
-        "INSERT INTO messages ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, NULL)"
-    ))
-    .bind(&msg.id)
-    .bind(&msg.conv)
-    .bind(msg.seq)
-    .bind(&msg.sender.id)
-    .bind(msg.sender.role.as_str())
-    .bind(&msg.sender.name)
-    .bind(msg.kind.as_str())
-    .bind(&msg.body)
-    .bind(&msg.attachment)
-    .bind(&msg.client_msg_id)
-    .bind(msg.ts)
-    .execute(&mut *tx)
-    .await;
-    match inserted {
-        Ok(_) => {}
-        Err(e) if is_unique_violation(&e) => {
-            // Another node stored the same client_msg_id between our check and
-            // this insert: give the seq back and answer with the original.
-            tx.rollback().await?;
-            let existing =
-                find_by_client_id(store, &input.conv, &sender.id, &input.client_msg_id).await?;
-            return existing
-                .map(Stored::Existing)
-                .ok_or_else(|| AppError::internal("unique violation without a row"));
-        }
-        Err(e) => return Err(e.into()),
-    }
-    if let Some(upload) = &msg.attachment {
-        sqlx::query(
-            "INSERT INTO upload_conversations (upload_id, conv_id) VALUES ($1, $2) \
-             ON CONFLICT (upload_id, conv_id) DO NOTHING",
-        )
-        .bind(upload)
-        .bind(&msg.conv)
-        .execute(&mut *tx)
-        .await?;
-    }
-    tx.commit().await?;
-    Ok(Stored::New(msg))
-}
-
 /// Why a conversation did not take a message: `not_found` for non-members and
 /// unknown ids alike, `conflict` when it is closed.
-async fn why_not_writable(store: &Store, user: &str, conv: &str) -> AppError {
+pub(super) async fn why_not_writable(store: &Store, user: &str, conv: &str) -> AppError {
     if let Err(e) = require_member(store, user, conv).await {
         return e;
     }

@@ -7,9 +7,11 @@
 //!
 //! Layout:
 //! - this file: conversation rows, membership checks, listing, group creation.
+//! - [`committer`]: group commit of sends: many messages, one transaction.
 //! - [`messages`]: send (idempotent, gapless `seq`), sync, read receipts,
 //!   typing, recall.
 
+pub mod committer;
 pub mod messages;
 
 use sqlx::any::AnyRow;

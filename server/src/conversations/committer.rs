@@ -1,0 +1,276 @@
+//! Group commit of sends: messages that arrive while a transaction is being
+//! committed are stored together in the next one, so one fsync (SQLite) or one
+//! commit round trip (PostgreSQL) serves many sends.
+//!
+//! Each committer worker owns a bounded queue. A worker takes everything queued
+//! (up to [`MAX_BATCH`]) and stores it in one transaction; nothing waits to
+//! fill a batch, so an idle server commits each send at once and a busy one
+//! batches by itself. Within a transaction every send still increments its
+//! conversation's `last_seq` and inserts its row, so `seq` stays gapless; a
+//! rolled-back batch gives its numbers back.
+//!
+//! A repeated `client_msg_id` inside one batch is answered with the first
+//! copy. Any database error in a batch (for instance a duplicate that another
+//! node committed a moment earlier) rolls the batch back and its sends are
+//! retried one transaction each, where each gets its own precise answer.
+//!
+//! SQLite has one writer, so it gets one worker. PostgreSQL gets several, each
+//! serving the conversations that hash to it, so batches run in parallel while
+//! a conversation's sends stay on one worker.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+
+use sqlx::{AnyConnection, Row};
+use switchboard_protocol::{Message, UserRef};
+use tokio::sync::{mpsc, oneshot};
+
+use super::messages::{find_by_client_id, why_not_writable, SendInput, COLUMNS};
+use crate::error::{is_unique_violation, AppError, AppResult};
+use crate::store::{Backend, Store};
+use crate::util::{new_id, now_ms};
+
+/// Sends stored in one transaction at most. Why 256: a batch's transaction
+/// stays a few milliseconds long, so a send never waits behind a huge one.
+const MAX_BATCH: usize = 256;
+/// Sends waiting per worker. Why 4096: absorbs bursts from thousands of
+/// connections; a full queue makes senders wait (back-pressure), never drops.
+const QUEUE: usize = 4096;
+/// Parallel workers on PostgreSQL. Why 4: the write pool has 16 connections and
+/// two cores; more parallel batches only contend for the same rows and CPU.
+const POSTGRES_WORKERS: usize = 4;
+
+/// What storing a send produced.
+#[derive(Debug)]
+pub enum Stored {
+    /// A new message.
+    New(Message),
+    /// The original of a repeated `client_msg_id`.
+    Existing(Message),
+}
+
+struct Job {
+    sender: UserRef,
+    input: SendInput,
+    body: String,
+    done: oneshot::Sender<AppResult<Stored>>,
+}
+
+/// Hands sends to the committer workers.
+pub struct Committer {
+    workers: Vec<mpsc::Sender<Job>>,
+}
+
+impl Committer {
+    /// Starts the workers. They stop when the committer is dropped.
+    pub fn start(store: Store) -> Committer {
+        let n = match store.backend() {
+            Backend::Sqlite => 1,
+            Backend::Postgres => POSTGRES_WORKERS,
+        };
+        let workers = (0..n)
+            .map(|_| {
+                let (tx, rx) = mpsc::channel(QUEUE);
+                tokio::spawn(run_worker(store.clone(), rx));
+                tx
+            })
+            .collect();
+        Committer { workers }
+    }
+
+    /// Stores one validated send; resolves after its transaction committed.
+    pub async fn commit(
+        &self,
+        sender: &UserRef,
+        input: SendInput,
+        body: String,
+    ) -> AppResult<Stored> {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        input.conv.hash(&mut hasher);
+        let worker = &self.workers[hasher.finish() as usize % self.workers.len()];
+        let (done, result) = oneshot::channel();
+        let job = Job {
+            sender: sender.clone(),
+            input,
+            body,
+            done,
+        };
+        worker
+            .send(job)
+            .await
+            .map_err(|_| AppError::unavailable("the server is shutting down"))?;
+        result
+            .await
+            .map_err(|_| AppError::internal("committer dropped a send"))?
+    }
+}
+
+async fn run_worker(store: Store, mut rx: mpsc::Receiver<Job>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let jobs = std::mem::take(&mut batch);
+        match commit_batch(&store, &jobs).await {
+            Ok(outcomes) => {
+                let stored: Vec<Option<Message>> = outcomes
+                    .iter()
+                    .map(|o| match o {
+                        Outcome::Stored(m) => Some(m.clone()),
+                        _ => None,
+                    })
+                    .collect();
+                for (job, outcome) in jobs.into_iter().zip(outcomes) {
+                    let result = match outcome {
+                        Outcome::Stored(msg) => Ok(Stored::New(msg)),
+                        Outcome::SameAs(i) => match &stored[i] {
+                            Some(msg) => Ok(Stored::Existing(msg.clone())),
+                            None => {
+                                Err(why_not_writable(&store, &job.sender.id, &job.input.conv).await)
+                            }
+                        },
+                        Outcome::NotWritable => {
+                            Err(why_not_writable(&store, &job.sender.id, &job.input.conv).await)
+                        }
+                    };
+                    let _ = job.done.send(result);
+                }
+            }
+            Err(e) => {
+                if !is_unique_violation(&e) {
+                    tracing::warn!(error = %e, sends = jobs.len(), "batch failed; retrying each send alone");
+                }
+                for job in jobs {
+                    let result = commit_one(&store, &job).await;
+                    let _ = job.done.send(result);
+                }
+            }
+        }
+        batch = Vec::with_capacity(MAX_BATCH);
+    }
+}
+
+enum Outcome {
+    Stored(Message),
+    /// A repeat of the send at this index of the same batch.
+    SameAs(usize),
+    /// Not a member, no such conversation, or closed.
+    NotWritable,
+}
+
+/// Stores every send of a batch in one transaction.
+async fn commit_batch(store: &Store, jobs: &[Job]) -> Result<Vec<Outcome>, sqlx::Error> {
+    let mut tx = store.write().begin().await?;
+    let mut outcomes = Vec::with_capacity(jobs.len());
+    let mut seen: HashMap<(&str, &str, &str), usize> = HashMap::new();
+    let now = now_ms();
+    for (i, job) in jobs.iter().enumerate() {
+        let key = (
+            job.input.conv.as_str(),
+            job.sender.id.as_str(),
+            job.input.client_msg_id.as_str(),
+        );
+        if let Some(&first) = seen.get(&key) {
+            outcomes.push(Outcome::SameAs(first));
+            continue;
+        }
+        seen.insert(key, i);
+        outcomes.push(match insert_message(&mut tx, job, now).await? {
+            Some(msg) => Outcome::Stored(msg),
+            None => Outcome::NotWritable,
+        });
+    }
+    tx.commit().await?;
+    Ok(outcomes)
+}
+
+/// Stores one send in its own transaction: the precise path after a batch failed.
+async fn commit_one(store: &Store, job: &Job) -> AppResult<Stored> {
+    let mut tx = store.write().begin().await?;
+    match insert_message(&mut tx, job, now_ms()).await {
+        Ok(Some(msg)) => {
+            tx.commit().await?;
+            Ok(Stored::New(msg))
+        }
+        Ok(None) => {
+            tx.rollback().await?;
+            Err(why_not_writable(store, &job.sender.id, &job.input.conv).await)
+        }
+        Err(e) if is_unique_violation(&e) => {
+            // Another node stored the same client_msg_id first: answer with it.
+            tx.rollback().await?;
+            find_by_client_id(
+                store,
+                &job.input.conv,
+                &job.sender.id,
+                &job.input.client_msg_id,
+            )
+            .await?
+            .map(Stored::Existing)
+            .ok_or_else(|| AppError::internal("unique violation without a row"))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The statements of one send inside a transaction. `None` when the
+/// conversation does not take the sender's message.
+async fn insert_message(
+    conn: &mut AnyConnection,
+    job: &Job,
+    now: i64,
+) -> Result<Option<Message>, sqlx::Error> {
+    // The write comes first so that SQLite takes its write lock at once and
+    // PostgreSQL locks the conversation row: concurrent senders queue here.
+    let seq_row = sqlx::query(
+        "UPDATE conversations SET last_seq = last_seq + 1, updated_at = $3 \
+         WHERE id = $1 AND state <> 'closed' AND EXISTS \
+         (SELECT 1 FROM conversation_members WHERE conv_id = $1 AND user_id = $2) \
+         RETURNING last_seq",
+    )
+    .bind(&job.input.conv)
+    .bind(&job.sender.id)
+    .bind(now)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(seq_row) = seq_row else {
+        return Ok(None);
+    };
+    let msg = Message {
+        id: new_id("m_"),
+        conv: job.input.conv.clone(),
+        seq: seq_row.try_get("last_seq")?,
+        sender: job.sender.clone(),
+        kind: job.input.kind,
+        body: job.body.clone(),
+        attachment: job.input.attachment.clone(),
+        client_msg_id: Some(job.input.client_msg_id.clone()),
+        ts: now,
+        recalled: false,
+    };
+    sqlx::query(&format!(
+        "INSERT INTO messages ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, NULL)"
+    ))
+    .bind(&msg.id)
+    .bind(&msg.conv)
+    .bind(msg.seq)
+    .bind(&msg.sender.id)
+    .bind(msg.sender.role.as_str())
+    .bind(&msg.sender.name)
+    .bind(msg.kind.as_str())
+    .bind(&msg.body)
+    .bind(&msg.attachment)
+    .bind(&msg.client_msg_id)
+    .bind(msg.ts)
+    .execute(&mut *conn)
+    .await?;
+    if let Some(upload) = &msg.attachment {
+        sqlx::query(
+            "INSERT INTO upload_conversations (upload_id, conv_id) VALUES ($1, $2) \
+             ON CONFLICT (upload_id, conv_id) DO NOTHING",
+        )
+        .bind(upload)
+        .bind(&msg.conv)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(Some(msg))
+}
