@@ -1,6 +1,7 @@
 //! The load tester only ever sends traffic to this machine: a target must be
 //! an `http://` or `ws://` URL whose host is a loopback IP address or
-//! `localhost`.
+//! `localhost`, and the source addresses that outgoing sockets are bound to
+//! (`--source-ips`) must be loopback addresses too.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
@@ -26,9 +27,72 @@ pub(crate) fn loopback_target(target: &str) -> anyhow::Result<SocketAddr> {
     Ok(SocketAddr::new(ip, port))
 }
 
+/// The HTTP base URL (no trailing slash) and the WebSocket URL (`/ws`) of a
+/// checked target.
+pub(crate) fn urls(addr: SocketAddr) -> (String, String) {
+    (format!("http://{addr}"), format!("ws://{addr}/ws"))
+}
+
+/// Parses `--source-ips` values, refusing anything that is not a loopback IP.
+/// An address of another family than the target could never connect to it,
+/// so that is refused as well.
+pub(crate) fn loopback_sources(ips: &[String], target: SocketAddr) -> anyhow::Result<Vec<IpAddr>> {
+    ips.iter()
+        .map(|s| {
+            let ip: IpAddr = s
+                .trim()
+                .parse()
+                .map_err(|e| anyhow::anyhow!("invalid source IP {s:?}: {e}"))?;
+            if !ip.is_loopback() {
+                anyhow::bail!("refusing source IP {ip}: only loopback addresses may be used");
+            }
+            if ip.is_ipv4() != target.is_ipv4() {
+                anyhow::bail!("source IP {ip} is not of the same family as the target {target}");
+            }
+            Ok(ip)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_loopback_source_ips_are_accepted() {
+        let target: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        let ok = loopback_sources(
+            &["127.0.0.1".into(), " 127.0.0.2".into(), "127.1.2.3".into()],
+            target,
+        )
+        .unwrap();
+        assert_eq!(ok.len(), 3);
+        assert!(loopback_sources(&[], target).unwrap().is_empty());
+        for refused in [
+            "10.0.0.1",
+            "192.168.0.7",
+            "0.0.0.0",
+            "8.8.8.8",
+            "::1",
+            "localhost",
+            "127.0.0.1:80",
+        ] {
+            assert!(
+                loopback_sources(&[refused.to_string()], target).is_err(),
+                "{refused} must be refused"
+            );
+        }
+        let v6: SocketAddr = "[::1]:8080".parse().unwrap();
+        assert!(loopback_sources(&["::1".into()], v6).is_ok());
+        assert!(loopback_sources(&["127.0.0.1".into()], v6).is_err());
+    }
+
+    #[test]
+    fn urls_of_a_target() {
+        let (http, ws) = urls("127.0.0.1:18090".parse().unwrap());
+        assert_eq!(http, "http://127.0.0.1:18090");
+        assert_eq!(ws, "ws://127.0.0.1:18090/ws");
+    }
 
     #[test]
     fn only_loopback_targets_are_accepted() {
