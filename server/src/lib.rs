@@ -14,7 +14,7 @@
 //! - [`uploads`]: attachments and their file store.
 //! - [`gateway`]: the WebSocket endpoint, sessions and the connection registry.
 //! - [`api`]: HTTP routes.
-//! - [`state`]: the shared handle and event fan-out.
+//! - [`state`]: the shared handle; [`fanout`]: how events reach every node's connections.
 //! - [`metrics`], [`error`], [`util`]: Prometheus metrics, the error type, helpers.
 
 pub mod api;
@@ -23,6 +23,7 @@ pub mod bus;
 pub mod config;
 pub mod conversations;
 pub mod error;
+pub mod fanout;
 pub mod gateway;
 pub mod metrics;
 pub mod state;

@@ -1,6 +1,5 @@
-//! [`AppState`]: the cheap, cloneable handle every handler and task gets, and
-//! the two ways events leave a node — [`AppState::deliver`] and
-//! [`AppState::members_added`] — which apply locally and publish on the bus.
+//! [`AppState`]: the cheap, cloneable handle every handler and task gets. Its
+//! `deliver*` and `members_*` methods forward to the node's [`Fanout`].
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -11,14 +10,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::TokenKeys;
-use crate::bus::{Bus, BusMessage, Envelope, Exclude, Target};
+use crate::bus::{Bus, BusMessage, Exclude, Target};
 use crate::config::Config;
 use crate::conversations::committer::Committer;
+use crate::fanout::Fanout;
 use crate::gateway::registry::Registry;
 use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::uploads::FileStore;
-use crate::util::now_ms;
 
 /// Shared server state.
 #[derive(Clone)]
@@ -31,8 +30,7 @@ struct Inner {
     node_id: String,
     store: Store,
     committer: Committer,
-    bus: Bus,
-    registry: Registry,
+    fanout: Arc<Fanout>,
     keys: TokenKeys,
     metrics: Arc<Metrics>,
     files: FileStore,
@@ -58,14 +56,18 @@ pub struct StateParts {
 
 impl AppState {
     pub fn new(p: StateParts) -> AppState {
+        let fanout = Arc::new(Fanout::new(
+            p.node_id.clone(),
+            Registry::new(p.metrics.clone()),
+            p.bus,
+        ));
         AppState {
             inner: Arc::new(Inner {
-                registry: Registry::new(p.metrics.clone()),
-                committer: Committer::start(p.store.clone()),
+                committer: Committer::start(p.store.clone(), fanout.clone(), p.metrics.clone()),
+                fanout,
                 config: p.config,
                 node_id: p.node_id,
                 store: p.store,
-                bus: p.bus,
                 keys: p.keys,
                 metrics: p.metrics,
                 files: p.files,
@@ -90,10 +92,10 @@ impl AppState {
         &self.inner.committer
     }
     pub fn bus(&self) -> &Bus {
-        &self.inner.bus
+        self.inner.fanout.bus()
     }
     pub fn registry(&self) -> &Registry {
-        &self.inner.registry
+        self.inner.fanout.registry()
     }
     pub fn keys(&self) -> &TokenKeys {
         &self.inner.keys
@@ -119,62 +121,33 @@ impl AppState {
         self.inner.accepting.store(false, Ordering::Release);
     }
 
+    /// How events leave this node (registry plus bus).
+    pub fn fanout(&self) -> &Arc<Fanout> {
+        &self.inner.fanout
+    }
+
     /// Sends a serialized frame to the target's connections on every node.
     pub fn deliver(&self, target: Target, exclude: Exclude, frame: Utf8Bytes) {
-        self.registry().deliver(&target, &exclude, &frame);
-        self.publish(Envelope::Deliver {
-            target,
-            exclude,
-            frame,
-        });
+        self.inner.fanout.deliver(target, exclude, frame);
     }
 
     /// Serializes a frame once and delivers it.
     pub fn deliver_frame<F: Serialize>(&self, target: Target, exclude: Exclude, frame: &F) {
-        match serde_json::to_string(frame) {
-            Ok(text) => self.deliver(target, exclude, Utf8Bytes::from(text)),
-            Err(e) => tracing::error!(error = %e, "cannot serialize event"),
-        }
+        self.inner.fanout.deliver_frame(target, exclude, frame);
     }
 
     /// Users joined a conversation: every node indexes their connections.
     pub fn members_added(&self, conv: &str, users: Vec<String>) {
-        self.registry().join_many(conv, &users);
-        self.publish(Envelope::MembersAdded {
-            conv: conv.to_string(),
-            users,
-        });
+        self.inner.fanout.members_added(conv, users);
     }
 
     /// Users left a conversation.
     pub fn members_removed(&self, conv: &str, users: Vec<String>) {
-        self.registry().leave_many(conv, &users);
-        self.publish(Envelope::MembersRemoved {
-            conv: conv.to_string(),
-            users,
-        });
-    }
-
-    fn publish(&self, envelope: Envelope) {
-        self.bus().publish(BusMessage {
-            origin: self.node_id().to_string(),
-            sent_at: now_ms(),
-            envelope,
-        });
+        self.inner.fanout.members_removed(conv, users);
     }
 
     /// Applies what another node published.
     pub fn apply_bus_message(&self, msg: BusMessage) {
-        match msg.envelope {
-            Envelope::Deliver {
-                target,
-                exclude,
-                frame,
-            } => {
-                self.registry().deliver(&target, &exclude, &frame);
-            }
-            Envelope::MembersAdded { conv, users } => self.registry().join_many(&conv, &users),
-            Envelope::MembersRemoved { conv, users } => self.registry().leave_many(&conv, &users),
-        }
+        self.inner.fanout.apply(msg);
     }
 }

@@ -1272,3 +1272,81 @@ async fn dispatch_frames_are_unavailable_for_now() {
         .await;
     assert_eq!(m.seq, 1, "the refused dispatch frames stored nothing");
 }
+
+/// A client that pipelines sends (does not wait for each ack) gets every ack,
+/// in the order it sent, with `seq` in send order; the other member receives
+/// the messages in `seq` order; a resend inside the pipeline is still one message.
+#[tokio::test]
+async fn pipelined_sends_are_acked_in_order_and_stored_in_send_order() {
+    let s = setup_with(Backend::Sqlite, |c| {
+        c.limits.rate_per_sec = 100_000;
+        c.limits.rate_burst = 100_000;
+    })
+    .await;
+    let mut g = group_of(&s, &people(&agents(2))).await;
+    let conv = g.conv.clone();
+    let (sender, rest) = g.clients.split_first_mut().unwrap();
+    let receiver = &mut rest[0];
+
+    let n = 300u64;
+    for i in 0..n {
+        // Every 50th frame repeats the previous client_msg_id.
+        let id = if i % 50 == 49 { i - 1 } else { i };
+        sender
+            .send_frame(&ClientFrame::Send {
+                req: Some(1000 + i),
+                conv: conv.clone(),
+                client_msg_id: format!("p-{id}"),
+                kind: MessageKind::Text,
+                body: Some(format!("流水线 {id}")),
+                attachment: None,
+            })
+            .await;
+    }
+    let mut acks = Vec::new();
+    while acks.len() < n as usize {
+        match sender.recv().await {
+            ServerFrame::Ok {
+                req: Some(req),
+                body: OkBody::Sent { msg },
+            } => acks.push((req, msg)),
+            ServerFrame::Message { .. } => {}
+            other => panic!("unexpected frame {other:?}"),
+        }
+    }
+    let reqs: Vec<u64> = acks.iter().map(|(r, _)| *r).collect();
+    assert_eq!(
+        reqs,
+        (1000..1000 + n).collect::<Vec<_>>(),
+        "acks in send order"
+    );
+    let mut last = 0;
+    for (req, msg) in &acks {
+        let i = req - 1000;
+        if i % 50 == 49 {
+            assert_eq!(
+                msg.client_msg_id.as_deref(),
+                Some(format!("p-{}", i - 1).as_str())
+            );
+            assert_eq!(msg.seq, last, "a repeat answers with the original");
+        } else {
+            assert_eq!(msg.seq, last + 1, "seq follows send order");
+            last = msg.seq;
+        }
+    }
+    let unique = n - n / 50;
+    assert_eq!(last, unique as i64);
+
+    let mut seen = Vec::new();
+    while seen.len() < unique as usize {
+        if let ServerFrame::Message { msg } = receiver.recv().await {
+            seen.push(msg.seq);
+        }
+    }
+    assert_eq!(
+        seen,
+        (1..=unique as i64).collect::<Vec<_>>(),
+        "delivered in seq order, once"
+    );
+    receiver.expect_silence(Duration::from_millis(200)).await;
+}

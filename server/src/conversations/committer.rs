@@ -20,13 +20,17 @@
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 
 use sqlx::{AnyConnection, Row};
-use switchboard_protocol::{Message, UserRef};
+use switchboard_protocol::{Message, ServerFrame, UserRef};
 use tokio::sync::{mpsc, oneshot};
 
 use super::messages::{find_by_client_id, why_not_writable, SendInput, COLUMNS};
+use crate::bus::{Exclude, Target};
 use crate::error::{is_unique_violation, AppError, AppResult};
+use crate::fanout::Fanout;
+use crate::metrics::Metrics;
 use crate::store::{Backend, Store};
 use crate::util::{new_id, now_ms};
 
@@ -53,17 +57,29 @@ struct Job {
     sender: UserRef,
     input: SendInput,
     body: String,
+    /// The connection that sent it: it gets the ack instead of the event.
+    origin: Option<Arc<str>>,
     done: oneshot::Sender<AppResult<Stored>>,
 }
+
+/// The answer to a submitted send, ready once its transaction committed.
+pub type Pending = oneshot::Receiver<AppResult<Stored>>;
 
 /// Hands sends to the committer workers.
 pub struct Committer {
     workers: Vec<mpsc::Sender<Job>>,
 }
 
+/// What a worker needs besides the store.
+struct Worker {
+    store: Store,
+    fanout: Arc<Fanout>,
+    metrics: Arc<Metrics>,
+}
+
 impl Committer {
     /// Starts the workers. They stop when the committer is dropped.
-    pub fn start(store: Store) -> Committer {
+    pub fn start(store: Store, fanout: Arc<Fanout>, metrics: Arc<Metrics>) -> Committer {
         let n = match store.backend() {
             Backend::Sqlite => 1,
             Backend::Postgres => POSTGRES_WORKERS,
@@ -71,20 +87,42 @@ impl Committer {
         let workers = (0..n)
             .map(|_| {
                 let (tx, rx) = mpsc::channel(QUEUE);
-                tokio::spawn(run_worker(store.clone(), rx));
+                let worker = Worker {
+                    store: store.clone(),
+                    fanout: fanout.clone(),
+                    metrics: metrics.clone(),
+                };
+                tokio::spawn(worker.run(rx));
                 tx
             })
             .collect();
         Committer { workers }
     }
 
-    /// Stores one validated send; resolves after its transaction committed.
+    /// Stores one validated send and waits for its answer; the message is
+    /// delivered to the conversation's members by the committer.
     pub async fn commit(
         &self,
         sender: &UserRef,
         input: SendInput,
         body: String,
     ) -> AppResult<Stored> {
+        let pending = self.submit(sender, input, body, None).await?;
+        pending
+            .await
+            .map_err(|_| AppError::internal("committer dropped a send"))?
+    }
+
+    /// Queues one validated send and returns at once with its pending answer.
+    /// Sends submitted one after another by one caller are stored (and get
+    /// their `seq`) in that order.
+    pub async fn submit(
+        &self,
+        sender: &UserRef,
+        input: SendInput,
+        body: String,
+        origin: Option<Arc<str>>,
+    ) -> AppResult<Pending> {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         input.conv.hash(&mut hasher);
         let worker = &self.workers[hasher.finish() as usize % self.workers.len()];
@@ -93,58 +131,90 @@ impl Committer {
             sender: sender.clone(),
             input,
             body,
+            origin,
             done,
         };
         worker
             .send(job)
             .await
             .map_err(|_| AppError::unavailable("the server is shutting down"))?;
-        result
-            .await
-            .map_err(|_| AppError::internal("committer dropped a send"))?
+        Ok(result)
     }
 }
 
-async fn run_worker(store: Store, mut rx: mpsc::Receiver<Job>) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let jobs = std::mem::take(&mut batch);
-        match commit_batch(&store, &jobs).await {
-            Ok(outcomes) => {
-                let stored: Vec<Option<Message>> = outcomes
-                    .iter()
-                    .map(|o| match o {
-                        Outcome::Stored(m) => Some(m.clone()),
-                        _ => None,
-                    })
-                    .collect();
-                for (job, outcome) in jobs.into_iter().zip(outcomes) {
-                    let result = match outcome {
-                        Outcome::Stored(msg) => Ok(Stored::New(msg)),
-                        Outcome::SameAs(i) => match &stored[i] {
-                            Some(msg) => Ok(Stored::Existing(msg.clone())),
-                            None => {
-                                Err(why_not_writable(&store, &job.sender.id, &job.input.conv).await)
-                            }
-                        },
-                        Outcome::NotWritable => {
-                            Err(why_not_writable(&store, &job.sender.id, &job.input.conv).await)
-                        }
-                    };
-                    let _ = job.done.send(result);
+impl Worker {
+    async fn run(self, mut rx: mpsc::Receiver<Job>) {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+            let jobs = std::mem::take(&mut batch);
+            let results = match commit_batch(&self.store, &jobs).await {
+                Ok(outcomes) => self.resolve(&jobs, outcomes).await,
+                Err(e) => {
+                    if !is_unique_violation(&e) {
+                        tracing::warn!(error = %e, sends = jobs.len(), "batch failed; retrying each send alone");
+                    }
+                    let mut results = Vec::with_capacity(jobs.len());
+                    for job in &jobs {
+                        results.push(commit_one(&self.store, job).await);
+                    }
+                    results
                 }
+            };
+            self.deliver(&jobs, &results);
+            for (job, result) in jobs.into_iter().zip(results) {
+                let _ = job.done.send(result);
             }
-            Err(e) => {
-                if !is_unique_violation(&e) {
-                    tracing::warn!(error = %e, sends = jobs.len(), "batch failed; retrying each send alone");
+            batch = Vec::with_capacity(MAX_BATCH);
+        }
+    }
+
+    /// Turns a committed batch's outcomes into each send's answer.
+    async fn resolve(&self, jobs: &[Job], outcomes: Vec<Outcome>) -> Vec<AppResult<Stored>> {
+        let stored: Vec<Option<Message>> = outcomes
+            .iter()
+            .map(|o| match o {
+                Outcome::Stored(m) => Some(m.clone()),
+                _ => None,
+            })
+            .collect();
+        let mut results = Vec::with_capacity(jobs.len());
+        for (job, outcome) in jobs.iter().zip(outcomes) {
+            results.push(match outcome {
+                Outcome::Stored(msg) => Ok(Stored::New(msg)),
+                Outcome::SameAs(i) => match &stored[i] {
+                    Some(msg) => Ok(Stored::Existing(msg.clone())),
+                    None => {
+                        Err(why_not_writable(&self.store, &job.sender.id, &job.input.conv).await)
+                    }
+                },
+                Outcome::NotWritable => {
+                    Err(why_not_writable(&self.store, &job.sender.id, &job.input.conv).await)
                 }
-                for job in jobs {
-                    let result = commit_one(&store, &job).await;
-                    let _ = job.done.send(result);
-                }
+            });
+        }
+        results
+    }
+
+    /// Sends every new message of a committed batch to its members, in `seq`
+    /// order, before any sender hears its ack: one tight loop, so each
+    /// receiving connection finds the whole batch queued and writes it at once.
+    fn deliver(&self, jobs: &[Job], results: &[AppResult<Stored>]) {
+        let mut stored = 0;
+        for (job, result) in jobs.iter().zip(results) {
+            if let Ok(Stored::New(msg)) = result {
+                stored += 1;
+                let exclude = match &job.origin {
+                    Some(conn) => Exclude::Conn(conn.to_string()),
+                    None => Exclude::Nobody,
+                };
+                self.fanout.deliver_frame(
+                    Target::Conv(msg.conv.clone()),
+                    exclude,
+                    &ServerFrame::Message { msg: msg.clone() },
+                );
             }
         }
-        batch = Vec::with_capacity(MAX_BATCH);
+        self.metrics.messages_stored.inc_by(stored);
     }
 }
 

@@ -12,7 +12,9 @@ use sqlx::any::AnyRow;
 use sqlx::Row;
 use switchboard_protocol::{limits, Message, MessageKind, Role, ServerFrame, SyncOk, UserRef};
 
-use super::committer::Stored;
+use std::sync::Arc;
+
+use super::committer::{Pending, Stored};
 use super::{require_member, visible_conversation};
 use crate::bus::{Exclude, Target};
 use crate::error::{AppError, AppResult};
@@ -128,36 +130,61 @@ pub(super) async fn find_by_client_id(
     row.as_ref().map(from_row).transpose()
 }
 
-/// Stores a message and sends it to every member except `origin_conn` (which
-/// gets the returned message as its ack). A repeated `client_msg_id` returns
-/// the original message and sends nothing.
+/// A send after its checks: either already answered (a repeated
+/// `client_msg_id`) or queued for the committer.
+pub enum Prepared {
+    Done(Message),
+    Pending(Pending),
+}
+
+/// Checks a send and queues it for storage; returns without waiting for the
+/// commit, so a connection can have many sends in flight. Sends prepared one
+/// after another are stored in that order. The committer delivers the message
+/// to every member except `origin_conn` (which gets the ack instead).
+pub async fn prepare_send(
+    state: &AppState,
+    sender: &UserRef,
+    origin_conn: Option<Arc<str>>,
+    input: SendInput,
+) -> AppResult<Prepared> {
+    let store = state.store();
+    let body = validate_send(store, sender, &input).await?;
+    if let Some(existing) =
+        find_by_client_id(store, &input.conv, &sender.id, &input.client_msg_id).await?
+    {
+        return Ok(Prepared::Done(existing));
+    }
+    let pending = state
+        .committer()
+        .submit(sender, input, body, origin_conn)
+        .await?;
+    Ok(Prepared::Pending(pending))
+}
+
+/// Waits for a prepared send's commit: the stored message, or the original
+/// of a repeated `client_msg_id`.
+pub async fn finish_send(prepared: Prepared) -> AppResult<Message> {
+    match prepared {
+        Prepared::Done(msg) => Ok(msg),
+        Prepared::Pending(pending) => match pending
+            .await
+            .map_err(|_| AppError::internal("committer dropped a send"))??
+        {
+            Stored::New(msg) | Stored::Existing(msg) => Ok(msg),
+        },
+    }
+}
+
+/// Stores a message, delivers it to every member except `origin_conn`, and
+/// returns it. A repeated `client_msg_id` returns the original message and
+/// delivers nothing.
 pub async fn send_message(
     state: &AppState,
     sender: &UserRef,
     origin_conn: Option<&str>,
     input: SendInput,
 ) -> AppResult<Message> {
-    let store = state.store();
-    let body = validate_send(store, sender, &input).await?;
-    if let Some(existing) =
-        find_by_client_id(store, &input.conv, &sender.id, &input.client_msg_id).await?
-    {
-        return Ok(existing);
-    }
-    let msg = match state.committer().commit(sender, input, body).await? {
-        Stored::New(msg) => msg,
-        Stored::Existing(msg) => return Ok(msg),
-    };
-    state.metrics().messages_stored.inc();
-    let exclude = origin_conn
-        .map(|c| Exclude::Conn(c.to_string()))
-        .unwrap_or_default();
-    state.deliver_frame(
-        Target::Conv(msg.conv.clone()),
-        exclude,
-        &ServerFrame::Message { msg: msg.clone() },
-    );
-    Ok(msg)
+    finish_send(prepare_send(state, sender, origin_conn.map(Arc::from), input).await?).await
 }
 
 /// Why a conversation did not take a message: `not_found` for non-members and

@@ -11,6 +11,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
+use futures_util::stream::FuturesOrdered;
 use futures_util::{SinkExt, StreamExt};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -48,6 +50,11 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 const LINGER: Duration = Duration::from_millis(500);
 /// Window over which rate-limit strikes are counted.
 const STRIKE_WINDOW: Duration = Duration::from_secs(10);
+/// Sends of one connection waiting for their commit. Why 256: a client that
+/// pipelines sends fills the committer's batches (one transaction for many
+/// messages) without holding unbounded work per connection; at the bound the
+/// session stops reading until acks complete, which pushes back on the client.
+const MAX_SENDS_IN_FLIGHT: usize = 256;
 /// 1013 "try again later": the store is down while a client authenticates.
 const TRY_AGAIN_LATER: u16 = 1013;
 
@@ -102,6 +109,7 @@ pub async fn run(state: AppState, mut ws: Ws) {
             user,
             handle,
             limiter: RateLimiter::new(limits.rate_per_sec, limits.rate_burst, limits.rate_strikes),
+            in_flight: FuturesOrdered::new(),
         };
         session.reply(&welcome);
         session.serve(ws, rx).await;
@@ -268,6 +276,16 @@ struct Session {
     user: UserRef,
     handle: ConnHandle,
     limiter: RateLimiter,
+    /// Replies to sends whose commit is pending, in the order they were sent.
+    in_flight: FuturesOrdered<BoxFuture<'static, ServerFrame>>,
+}
+
+/// How a request is answered.
+enum Answer {
+    /// Now (`None`: nothing to answer, the frame had no `req`).
+    Now(Option<ServerFrame>),
+    /// When the future completes (a send waiting for its commit).
+    Later(BoxFuture<'static, ServerFrame>),
 }
 
 /// What the loop does after an inbound frame.
@@ -310,8 +328,15 @@ impl Session {
                     break;
                 }
                 _ = shutdown.cancelled() => {
-                    // Deliver what is already queued, then tell the client to reconnect.
-                    let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.drain(&mut ws, &mut rx)).await;
+                    // Answer the sends already taken, deliver what is queued, then
+                    // tell the client to reconnect.
+                    let finish = async {
+                        while let Some(reply) = self.in_flight.next().await {
+                            self.reply(&reply);
+                        }
+                        self.drain(&mut ws, &mut rx).await;
+                    };
+                    let _ = tokio::time::timeout(CLOSE_TIMEOUT, finish).await;
                     close_gracefully(&mut ws, close::RESTARTING, "server restarting").await;
                     break;
                 }
@@ -327,7 +352,11 @@ impl Session {
                         Err(_) => break,
                     }
                 }
-                inbound = ws.next() => {
+                Some(reply) = self.in_flight.next(), if !self.in_flight.is_empty() => {
+                    self.reply(&reply);
+                }
+                // Not read while too many sends are in flight: back-pressure.
+                inbound = ws.next(), if self.in_flight.len() < MAX_SENDS_IN_FLIGHT => {
                     idle_deadline = Instant::now() + idle_after;
                     let flow = match inbound {
                         None => break,
@@ -367,7 +396,7 @@ impl Session {
     }
 
     /// Writes everything still queued (used on shutdown).
-    async fn drain(&self, ws: &mut Ws, rx: &mut mpsc::Receiver<Utf8Bytes>) {
+    async fn drain(&mut self, ws: &mut Ws, rx: &mut mpsc::Receiver<Utf8Bytes>) {
         while let Ok(first) = rx.try_recv() {
             match write_batch(ws, first, rx).await {
                 Ok(n) => self.state.metrics().frames_out.inc_by(n as u64),
@@ -431,29 +460,30 @@ impl Session {
             .with_label_values(&[frame.type_name()])
             .inc();
         match self.execute(frame).await {
-            Ok(Some(reply)) => self.reply(&reply),
-            Ok(None) => {}
+            Ok(Answer::Now(Some(reply))) => self.reply(&reply),
+            Ok(Answer::Now(None)) => {}
+            Ok(Answer::Later(reply)) => self.in_flight.push_back(reply),
             Err(e) => self.reply_error(req, &e),
         }
         Flow::Continue
     }
 
-    /// Runs one request; `Ok(None)` means nothing to answer (no `req`).
-    async fn execute(&mut self, frame: ClientFrame) -> AppResult<Option<ServerFrame>> {
+    /// Runs one request.
+    async fn execute(&mut self, frame: ClientFrame) -> AppResult<Answer> {
         let state = &self.state;
         let user = &self.user;
         let ok = |req: Option<ReqId>, body: OkBody| {
-            req.map(|req| ServerFrame::Ok {
+            Answer::Now(req.map(|req| ServerFrame::Ok {
                 req: Some(req),
                 body,
-            })
+            }))
         };
         let empty = |req: Option<ReqId>| ok(req, OkBody::Empty {});
         match frame {
             ClientFrame::Auth { .. } => Err(AppError::bad_request(
                 "this connection is already authenticated",
             )),
-            ClientFrame::Ping { req } => Ok(Some(ServerFrame::Pong { req })),
+            ClientFrame::Ping { req } => Ok(Answer::Now(Some(ServerFrame::Pong { req }))),
             ClientFrame::Send {
                 req,
                 conv,
@@ -470,12 +500,28 @@ impl Session {
                     body,
                     attachment,
                 };
-                let msg = messages::send_message(state, user, Some(&self.handle.id), input).await?;
-                state
-                    .metrics()
-                    .send_ack_seconds
-                    .observe(started.elapsed().as_secs_f64());
-                Ok(ok(req, OkBody::Sent { msg }))
+                let prepared =
+                    messages::prepare_send(state, user, Some(self.handle.id.clone()), input)
+                        .await?;
+                let state = state.clone();
+                Ok(Answer::Later(Box::pin(async move {
+                    match messages::finish_send(prepared).await {
+                        Ok(msg) => {
+                            state
+                                .metrics()
+                                .send_ack_seconds
+                                .observe(started.elapsed().as_secs_f64());
+                            ServerFrame::Ok {
+                                req,
+                                body: OkBody::Sent { msg },
+                            }
+                        }
+                        Err(e) => {
+                            e.log();
+                            ServerFrame::error(req, e.code(), e.public_message())
+                        }
+                    }
+                })))
             }
             ClientFrame::Sync {
                 req,
