@@ -64,8 +64,10 @@ struct UserEntry {
 struct Inner {
     conns: HashMap<Arc<str>, ConnHandle>,
     users: HashMap<Arc<str>, UserEntry>,
-    /// Conversation → users with at least one connection on this node.
-    convs: HashMap<Arc<str>, HashSet<Arc<str>>>,
+    /// Conversation → the local connections of its members. Holding the
+    /// handles here makes a delivery one walk over a map's values, with no
+    /// lookup per member: profiles of large fan-outs were dominated by those.
+    convs: HashMap<Arc<str>, HashMap<Arc<str>, ConnHandle>>,
 }
 
 /// This node's connections.
@@ -88,41 +90,51 @@ impl Registry {
     /// after this, so that a membership change published in between is not lost.
     pub fn register(&self, handle: ConnHandle) {
         let mut inner = self.inner.write().expect("registry lock poisoned");
-        let user = handle.user.clone();
-        let id = handle.id.clone();
-        inner.conns.insert(id.clone(), handle);
-        inner.users.entry(user).or_default().conns.push(id);
-        self.metrics.connections.set(inner.conns.len() as i64);
+        let Inner {
+            conns,
+            users,
+            convs,
+        } = &mut *inner;
+        let entry = users.entry(handle.user.clone()).or_default();
+        entry.conns.push(handle.id.clone());
+        // Another connection of this user may already have joined conversations.
+        for conv in &entry.convs {
+            convs
+                .entry(conv.clone())
+                .or_default()
+                .insert(handle.id.clone(), handle.clone());
+        }
+        conns.insert(handle.id.clone(), handle);
+        self.metrics.connections.set(conns.len() as i64);
     }
 
     /// Removes a connection; the user's conversations leave the index with its
     /// last connection.
     pub fn unregister(&self, conn: &str) {
         let mut inner = self.inner.write().expect("registry lock poisoned");
-        let Some(handle) = inner.conns.remove(conn) else {
+        let Inner {
+            conns,
+            users,
+            convs,
+        } = &mut *inner;
+        let Some(handle) = conns.remove(conn) else {
             return;
         };
-        let user = handle.user;
-        let now_empty = match inner.users.get_mut(&user) {
-            Some(entry) => {
-                entry.conns.retain(|c| &**c != conn);
-                entry.conns.is_empty()
-            }
-            None => false,
-        };
-        if now_empty {
-            if let Some(entry) = inner.users.remove(&user) {
-                for conv in entry.convs {
-                    if let Some(members) = inner.convs.get_mut(&conv) {
-                        members.remove(&user);
-                        if members.is_empty() {
-                            inner.convs.remove(&conv);
-                        }
+        if let Some(entry) = users.get_mut(&handle.user) {
+            entry.conns.retain(|c| &**c != conn);
+            for conv in &entry.convs {
+                if let Some(members) = convs.get_mut(conv) {
+                    members.remove(conn);
+                    if members.is_empty() {
+                        convs.remove(conv);
                     }
                 }
             }
+            if entry.conns.is_empty() {
+                users.remove(&handle.user);
+            }
         }
-        self.metrics.connections.set(inner.conns.len() as i64);
+        self.metrics.connections.set(conns.len() as i64);
     }
 
     /// Indexes `user`'s local connections as members of `convs`. Users with no
@@ -130,13 +142,10 @@ impl Registry {
     pub fn join<'a>(&self, user: &str, convs: impl IntoIterator<Item = &'a str>) {
         let mut inner = self.inner.write().expect("registry lock poisoned");
         let Inner {
+            conns,
             users,
             convs: by_conv,
-            ..
         } = &mut *inner;
-        let Some(user_key) = users.get_key_value(user).map(|(k, _)| k.clone()) else {
-            return;
-        };
         let Some(entry) = users.get_mut(user) else {
             return;
         };
@@ -145,8 +154,15 @@ impl Registry {
                 Some((k, _)) => k.clone(),
                 None => Arc::from(conv),
             };
-            entry.convs.insert(conv.clone());
-            by_conv.entry(conv).or_default().insert(user_key.clone());
+            if !entry.convs.insert(conv.clone()) {
+                continue;
+            }
+            let members = by_conv.entry(conv).or_default();
+            for id in &entry.conns {
+                if let Some(handle) = conns.get(id) {
+                    members.insert(id.clone(), handle.clone());
+                }
+            }
         }
     }
 
@@ -160,14 +176,24 @@ impl Registry {
     /// Users left a conversation.
     pub fn leave_many(&self, conv: &str, users: &[String]) {
         let mut inner = self.inner.write().expect("registry lock poisoned");
+        let Inner {
+            users: by_user,
+            convs,
+            ..
+        } = &mut *inner;
         for user in users {
-            if let Some(entry) = inner.users.get_mut(user.as_str()) {
-                entry.convs.remove(conv);
+            let Some(entry) = by_user.get_mut(user.as_str()) else {
+                continue;
+            };
+            if !entry.convs.remove(conv) {
+                continue;
             }
-            if let Some(members) = inner.convs.get_mut(conv) {
-                members.remove(user.as_str());
+            if let Some(members) = convs.get_mut(conv) {
+                for id in &entry.conns {
+                    members.remove(id);
+                }
                 if members.is_empty() {
-                    inner.convs.remove(conv);
+                    convs.remove(conv);
                 }
             }
         }
@@ -176,31 +202,30 @@ impl Registry {
     /// Queues `frame` on every matching local connection; returns how many.
     pub fn deliver(&self, target: &Target, exclude: &Exclude, frame: &Utf8Bytes) -> usize {
         let inner = self.inner.read().expect("registry lock poisoned");
+        let excluded = |handle: &ConnHandle| match exclude {
+            Exclude::Nobody => false,
+            Exclude::Conn(c) => **c == *handle.id,
+            Exclude::User(u) => **u == *handle.user,
+        };
         let mut delivered = 0;
-        let mut send_to_user = |user: &str| {
-            if matches!(exclude, Exclude::User(u) if u == user) {
-                return;
-            }
-            let Some(entry) = inner.users.get(user) else {
-                return;
-            };
-            for conn in &entry.conns {
-                if matches!(exclude, Exclude::Conn(c) if **c == **conn) {
-                    continue;
-                }
-                if let Some(handle) = inner.conns.get(conn) {
-                    if self.push(handle, frame.clone()) {
-                        delivered += 1;
+        match target {
+            Target::Conv(conv) => {
+                if let Some(members) = inner.convs.get(conv.as_str()) {
+                    for handle in members.values() {
+                        if !excluded(handle) && self.push(handle, frame.clone()) {
+                            delivered += 1;
+                        }
                     }
                 }
             }
-        };
-        match target {
-            Target::User(user) => send_to_user(user),
-            Target::Conv(conv) => {
-                if let Some(members) = inner.convs.get(conv.as_str()) {
-                    for user in members {
-                        send_to_user(user);
+            Target::User(user) => {
+                if let Some(entry) = inner.users.get(user.as_str()) {
+                    for id in &entry.conns {
+                        if let Some(handle) = inner.conns.get(id) {
+                            if !excluded(handle) && self.push(handle, frame.clone()) {
+                                delivered += 1;
+                            }
+                        }
                     }
                 }
             }
@@ -256,23 +281,27 @@ impl Registry {
             );
             for conn in &entry.conns {
                 assert!(inner.conns.contains_key(conn), "dangling connection {conn}");
-            }
-            for conv in &entry.convs {
-                assert!(
-                    inner.convs.get(conv).is_some_and(|m| m.contains(user)),
-                    "conversation {conv} index lacks user {user}"
-                );
+                for conv in &entry.convs {
+                    assert!(
+                        inner.convs.get(conv).is_some_and(|m| m.contains_key(conn)),
+                        "conversation {conv} index lacks connection {conn} of {user}"
+                    );
+                }
             }
         }
         for (conv, members) in &inner.convs {
-            assert!(!members.is_empty(), "empty member set kept for {conv}");
-            for user in members {
+            assert!(!members.is_empty(), "empty member map kept for {conv}");
+            for (id, handle) in members {
+                assert!(
+                    inner.conns.contains_key(id),
+                    "dangling connection {id} in {conv}"
+                );
                 assert!(
                     inner
                         .users
-                        .get(user)
+                        .get(&handle.user)
                         .is_some_and(|e| e.convs.contains(conv)),
-                    "user {user} indexed in {conv} without the reverse entry"
+                    "connection {id} indexed in {conv} without its user's entry"
                 );
             }
         }
@@ -363,6 +392,35 @@ mod tests {
         reg.unregister("c3");
         reg.check_invariants();
         assert!(reg.is_empty());
+    }
+
+    #[test]
+    fn a_later_connection_of_a_member_receives_its_conversations() {
+        let reg = registry();
+        let (a1, _ra1) = handle("c1", "alice", 8);
+        reg.register(a1);
+        reg.join("alice", ["cv", "cv2"]);
+        let (a2, mut ra2) = handle("c2", "alice", 8);
+        reg.register(a2);
+        reg.check_invariants();
+        let f = Utf8Bytes::from_static("x");
+        assert_eq!(
+            reg.deliver(&Target::Conv("cv2".into()), &Exclude::Nobody, &f),
+            2
+        );
+        assert!(ra2.try_recv().is_ok());
+        reg.unregister("c1");
+        reg.check_invariants();
+        assert_eq!(
+            reg.deliver(&Target::Conv("cv".into()), &Exclude::Nobody, &f),
+            1
+        );
+        reg.unregister("c2");
+        reg.check_invariants();
+        assert_eq!(
+            reg.deliver(&Target::Conv("cv".into()), &Exclude::Nobody, &f),
+            0
+        );
     }
 
     #[test]

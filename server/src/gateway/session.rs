@@ -288,6 +288,18 @@ enum Answer {
     Later(BoxFuture<'static, ServerFrame>),
 }
 
+/// Why the connection loop ended.
+enum Stop {
+    /// Closed from outside (slow consumer): the code is in the kill switch.
+    Killed,
+    /// The server is shutting down.
+    Shutdown,
+    /// We close with this code and reason.
+    Close(u16, &'static str),
+    /// The client went away or the socket failed: nothing to send.
+    Gone,
+}
+
 /// What the loop does after an inbound frame.
 enum Flow {
     Continue,
@@ -315,41 +327,33 @@ impl Session {
         let kill = self.handle.kill.clone();
         let shutdown = self.state.shutdown_token().clone();
         let idle_after = Duration::from_secs(self.state.config().limits.heartbeat_s * 3);
-        let mut idle_deadline = Instant::now() + idle_after;
-        loop {
+        // Made once, not per turn of the loop: a fresh cancellation future
+        // registers a waiter and a fresh sleep a timer entry, and on a fan-out
+        // server that is paid on every wake-up of every connection. The idle
+        // timer is re-armed lazily from the last activity instead.
+        let killed = kill.requested();
+        tokio::pin!(killed);
+        let stopping = shutdown.cancelled();
+        tokio::pin!(stopping);
+        let idle = tokio::time::sleep(idle_after);
+        tokio::pin!(idle);
+        let mut last_activity = Instant::now();
+        let stop = loop {
             tokio::select! {
                 // Close requests first: a slow consumer must not be fed more.
                 biased;
-                _ = kill.requested() => {
-                    rx.close();
-                    let code = kill.code();
-                    tracing::info!(code, "closing connection");
-                    close_gracefully(&mut ws, code, reason_of(code)).await;
-                    break;
-                }
-                _ = shutdown.cancelled() => {
-                    // Answer the sends already taken, deliver what is queued, then
-                    // tell the client to reconnect.
-                    let finish = async {
-                        while let Some(reply) = self.in_flight.next().await {
-                            self.reply(&reply);
-                        }
-                        self.drain(&mut ws, &mut rx).await;
-                    };
-                    let _ = tokio::time::timeout(CLOSE_TIMEOUT, finish).await;
-                    close_gracefully(&mut ws, close::RESTARTING, "server restarting").await;
-                    break;
-                }
+                _ = &mut killed => break Stop::Killed,
+                _ = &mut stopping => break Stop::Shutdown,
                 Some(first) = rx.recv() => {
                     let written = tokio::select! {
                         r = write_batch(&mut ws, first, &mut rx) => r,
                         // A stuck socket must not keep us from closing it.
-                        _ = kill.requested() => continue,
-                        _ = shutdown.cancelled() => continue,
+                        _ = &mut killed => break Stop::Killed,
+                        _ = &mut stopping => break Stop::Shutdown,
                     };
                     match written {
                         Ok(n) => self.state.metrics().frames_out.inc_by(n as u64),
-                        Err(_) => break,
+                        Err(_) => break Stop::Gone,
                     }
                 }
                 Some(reply) = self.in_flight.next(), if !self.in_flight.is_empty() => {
@@ -357,16 +361,11 @@ impl Session {
                 }
                 // Not read while too many sends are in flight: back-pressure.
                 inbound = ws.next(), if self.in_flight.len() < MAX_SENDS_IN_FLIGHT => {
-                    idle_deadline = Instant::now() + idle_after;
+                    last_activity = Instant::now();
                     let flow = match inbound {
-                        None => break,
-                        Some(Err(e)) => {
-                            if is_too_large(&e) {
-                                Flow::Close(close::TOO_LARGE, "frame too large")
-                            } else {
-                                break;
-                            }
-                        }
+                        None => break Stop::Gone,
+                        Some(Err(e)) if is_too_large(&e) => Flow::Close(close::TOO_LARGE, "frame too large"),
+                        Some(Err(_)) => break Stop::Gone,
                         Some(Ok(WsMessage::Text(t))) => self.on_text(&t).await,
                         Some(Ok(WsMessage::Binary(_))) => {
                             self.on_rejected_frame(None, AppError::bad_request(
@@ -375,23 +374,49 @@ impl Session {
                         }
                         Some(Ok(WsMessage::Close(_))) => {
                             let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.flush()).await;
-                            break;
+                            break Stop::Gone;
                         }
                         Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_))) => {
                             Flow::Continue
                         }
                     };
                     if let Flow::Close(code, reason) = flow {
-                        rx.close();
-                        close_gracefully(&mut ws, code, reason).await;
-                        break;
+                        break Stop::Close(code, reason);
                     }
                 }
-                _ = tokio::time::sleep_until(idle_deadline) => {
-                    close_gracefully(&mut ws, close::NORMAL, "idle timeout").await;
-                    break;
+                _ = &mut idle => {
+                    let deadline = last_activity + idle_after;
+                    if deadline <= Instant::now() {
+                        break Stop::Close(close::NORMAL, "idle timeout");
+                    }
+                    idle.as_mut().reset(deadline);
                 }
             }
+        };
+        match stop {
+            Stop::Killed => {
+                rx.close();
+                let code = kill.code();
+                tracing::info!(code, "closing connection");
+                close_gracefully(&mut ws, code, reason_of(code)).await;
+            }
+            Stop::Shutdown => {
+                // Answer the sends already taken, deliver what is queued, then
+                // tell the client to reconnect.
+                let finish = async {
+                    while let Some(reply) = self.in_flight.next().await {
+                        self.reply(&reply);
+                    }
+                    self.drain(&mut ws, &mut rx).await;
+                };
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, finish).await;
+                close_gracefully(&mut ws, close::RESTARTING, "server restarting").await;
+            }
+            Stop::Close(code, reason) => {
+                rx.close();
+                close_gracefully(&mut ws, code, reason).await;
+            }
+            Stop::Gone => {}
         }
     }
 

@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# The measurements of docs/performance.md, reproducibly: each figure comes
+# from a freshly started release server on loopback, and the baseline runs in
+# the same invocation as the Switchboard run it is compared with.
+#
+#   loadtest/bench.sh [name ...]     (default: all; names listed below)
+#
+# Needs release builds (`cargo build --release -p switchboard-server -p
+# switchboard-loadtest`); PostgreSQL and Redis for the *_pg runs (the same
+# ones scripts/test uses). Results go to target/bench/<name>.json and .txt.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$here/.."
+bin="$root/target/release"
+out="$root/target/bench"
+mkdir -p "$out"
+port=18190
+admin_pw=admin-password
+pg_admin="${TEST_DATABASE_URL:-postgres://postgres:postgres@127.0.0.1:5432/postgres}"
+
+# Many connections need many descriptors, on both sides of loopback.
+ulimit -n 1048576 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+
+server_pid=""
+stop_server() {
+    if [[ -n "$server_pid" ]]; then
+        kill -TERM "$server_pid" 2>/dev/null || true
+        wait "$server_pid" 2>/dev/null || true
+        server_pid=""
+    fi
+}
+trap stop_server EXIT
+
+# start_server sqlite|pg : a fresh database, an admin, a server with the rate
+# limit raised (load generators send far above the per-connection default).
+start_server() {
+    stop_server
+    local data
+    data="$(mktemp -d /tmp/sb-bench.XXXXXX)"
+    export SWITCHBOARD_DATA_DIR="$data" SWITCHBOARD_ADDR="127.0.0.1:$port"
+    export SWITCHBOARD_RATE_PER_SEC=1000000 SWITCHBOARD_RATE_BURST=1000000
+    export RUST_LOG=warn
+    unset DATABASE_URL REDIS_URL
+    if [[ "$1" == pg ]]; then
+        local db="sbbench_$$_$RANDOM"
+        psql "$pg_admin" -qc "CREATE DATABASE $db" >/dev/null
+        export DATABASE_URL="${pg_admin%/*}/$db" REDIS_URL="redis://127.0.0.1:6379"
+        export SWITCHBOARD_REDIS_PREFIX="$db"
+    fi
+    "$bin/switchboard" user create --username admin --password "$admin_pw" --role admin >/dev/null
+    "$bin/switchboard" &
+    server_pid=$!
+    for _ in $(seq 1 100); do
+        curl -fs "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && return 0
+        sleep 0.1
+    done
+    echo "server did not start" >&2
+    exit 1
+}
+
+lt() {
+    local name="$1"
+    shift
+    echo "=== $name: switchboard-loadtest $*" | tee "$out/$name.txt"
+    LOADTEST_TARGET="http://127.0.0.1:$port" LOADTEST_ADMIN_USER=admin LOADTEST_ADMIN_PASSWORD="$admin_pw" \
+        "$bin/switchboard-loadtest" "$@" --server-pid "$server_pid" | tee -a "$out/$name.txt" ||
+        echo "=== $name: the run reported a failure (see above)" | tee -a "$out/$name.txt"
+}
+
+sources=127.0.0.1,127.0.0.2,127.0.0.3,127.0.0.4,127.0.0.5
+
+bench_fanout_5000() { start_server sqlite; lt fanout_5000 group --members 5000 --messages 200 --baseline --compare; }
+bench_fanout_1000() { start_server sqlite; lt fanout_1000 group --members 1000 --messages 1000 --baseline --compare; }
+bench_fanout_100() { start_server sqlite; lt fanout_100 group --members 100 --messages 2000 --baseline --compare; }
+bench_paced_1000() { start_server sqlite; lt paced_1000 group --members 1000 --messages 400 --rate 20; }
+bench_idle_1k() { start_server sqlite; lt idle_1k connections --count 1000 --baseline --compare; }
+bench_idle_10k() { start_server sqlite; lt idle_10k connections --count 10000 --source-ips "$sources" --baseline --compare; }
+bench_idle_100k() { start_server sqlite; lt idle_100k connections --count 100000 --source-ips "$sources" --hold-s 5; }
+bench_chat_sqlite() { start_server sqlite; lt chat_sqlite chat --pairs 200 --rate 100 --duration-s 10; }
+bench_chat_pg() { start_server pg; lt chat_pg chat --pairs 200 --rate 100 --duration-s 10; }
+bench_storm() { start_server sqlite; lt storm storm --clients 1000 --rounds 3 --hold-ms 0; }
+
+all=(fanout_5000 fanout_1000 fanout_100 paced_1000 idle_1k idle_10k idle_100k chat_sqlite chat_pg storm)
+for name in "${@:-${all[@]}}"; do
+    "bench_$name"
+done
+stop_server
