@@ -18,7 +18,7 @@
 //! serving the conversations that hash to it, so batches run in parallel while
 //! a conversation's sends stay on one worker.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
@@ -26,7 +26,7 @@ use sqlx::{AnyConnection, Row};
 use switchboard_protocol::{Message, ServerFrame, UserRef};
 use tokio::sync::{mpsc, oneshot};
 
-use super::messages::{find_by_client_id, why_not_writable, SendInput, COLUMNS};
+use super::messages::{find_by_client_id, message_from_row, why_not_writable, SendInput, COLUMNS};
 use crate::bus::{Exclude, Target};
 use crate::error::{is_unique_violation, AppError, AppResult};
 use crate::fanout::Fanout;
@@ -173,7 +173,7 @@ impl Worker {
         let stored: Vec<Option<Message>> = outcomes
             .iter()
             .map(|o| match o {
-                Outcome::Stored(m) => Some(m.clone()),
+                Outcome::Stored(m) | Outcome::Existing(m) => Some(m.clone()),
                 _ => None,
             })
             .collect();
@@ -181,6 +181,7 @@ impl Worker {
         for (job, outcome) in jobs.iter().zip(outcomes) {
             results.push(match outcome {
                 Outcome::Stored(msg) => Ok(Stored::New(msg)),
+                Outcome::Existing(msg) => Ok(Stored::Existing(msg)),
                 Outcome::SameAs(i) => match &stored[i] {
                     Some(msg) => Ok(Stored::Existing(msg.clone())),
                     None => {
@@ -220,36 +221,245 @@ impl Worker {
 
 enum Outcome {
     Stored(Message),
+    /// A resend of a message committed earlier: the original.
+    Existing(Message),
     /// A repeat of the send at this index of the same batch.
     SameAs(usize),
     /// Not a member, no such conversation, or closed.
     NotWritable,
 }
 
-/// Stores every send of a batch in one transaction.
+/// `(a, b, …) IN (VALUES ($1, $2, …), …)` placeholders for `rows` rows of
+/// `width` values, numbered from `$first`.
+fn values_list(rows: usize, width: usize, first: usize) -> String {
+    (0..rows)
+        .map(|r| {
+            let cells: Vec<String> = (0..width)
+                .map(|c| format!("${}", first + r * width + c))
+                .collect();
+            format!("({})", cells.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Stores every send of a batch in one transaction with a fixed number of
+/// statements, whatever the batch size: every statement costs a hand-off to
+/// the database driver's thread (SQLite) or a round trip (PostgreSQL), and per
+/// message those dominated the cost of a send.
+///
+/// 1. find resends of messages already stored;
+/// 2. find which (conversation, sender) pairs may write;
+/// 3. reserve each conversation's `seq` range with one `UPDATE … RETURNING`;
+/// 4. insert every message with one `INSERT`.
+///
+/// Any error (a duplicate another node committed meanwhile, a deadlock)
+/// rolls the whole batch back and the caller retries each send alone.
 async fn commit_batch(store: &Store, jobs: &[Job]) -> Result<Vec<Outcome>, sqlx::Error> {
-    let mut tx = store.write().begin().await?;
-    let mut outcomes = Vec::with_capacity(jobs.len());
-    let mut seen: HashMap<(&str, &str, &str), usize> = HashMap::new();
     let now = now_ms();
+    let mut outcomes: Vec<Option<Outcome>> = (0..jobs.len()).map(|_| None).collect();
+    let key = |j: &Job| {
+        (
+            j.input.conv.clone(),
+            j.sender.id.clone(),
+            j.input.client_msg_id.clone(),
+        )
+    };
+    let mut firsts: Vec<usize> = Vec::with_capacity(jobs.len());
+    let mut seen: HashMap<(String, String, String), usize> = HashMap::new();
     for (i, job) in jobs.iter().enumerate() {
-        let key = (
-            job.input.conv.as_str(),
-            job.sender.id.as_str(),
-            job.input.client_msg_id.as_str(),
-        );
-        if let Some(&first) = seen.get(&key) {
-            outcomes.push(Outcome::SameAs(first));
-            continue;
+        match seen.get(&key(job)) {
+            Some(&first) => outcomes[i] = Some(Outcome::SameAs(first)),
+            None => {
+                seen.insert(key(job), i);
+                firsts.push(i);
+            }
         }
-        seen.insert(key, i);
-        outcomes.push(match insert_message(&mut tx, job, now).await? {
-            Some(msg) => Outcome::Stored(msg),
-            None => Outcome::NotWritable,
-        });
+    }
+
+    let mut tx = store.write().begin().await?;
+
+    // 1. Resends of messages already stored.
+    let sql = format!(
+        "SELECT {COLUMNS} FROM messages WHERE (conv_id, sender_id, client_msg_id) IN (VALUES {})",
+        values_list(firsts.len(), 3, 1)
+    );
+    let mut q = sqlx::query(&sql);
+    for &i in &firsts {
+        let j = &jobs[i];
+        q = q
+            .bind(&j.input.conv)
+            .bind(&j.sender.id)
+            .bind(&j.input.client_msg_id);
+    }
+    for row in q.fetch_all(&mut *tx).await? {
+        let msg = message_from_row(&row).map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
+        let k = (
+            msg.conv.clone(),
+            msg.sender.id.clone(),
+            msg.client_msg_id.clone().unwrap_or_default(),
+        );
+        if let Some(&i) = seen.get(&k) {
+            outcomes[i] = Some(Outcome::Existing(msg));
+        }
+    }
+    let fresh: Vec<usize> = firsts
+        .into_iter()
+        .filter(|&i| outcomes[i].is_none())
+        .collect();
+
+    // 2. Which senders may write to which conversations.
+    let mut pairs: Vec<(&str, &str)> = fresh
+        .iter()
+        .map(|&i| (jobs[i].input.conv.as_str(), jobs[i].sender.id.as_str()))
+        .collect();
+    pairs.sort_unstable();
+    pairs.dedup();
+    let mut writable: HashSet<(String, String)> = HashSet::new();
+    if !pairs.is_empty() {
+        let sql = format!(
+            "SELECT m.conv_id, m.user_id FROM conversation_members m \
+             JOIN conversations c ON c.id = m.conv_id \
+             WHERE c.state <> 'closed' AND (m.conv_id, m.user_id) IN (VALUES {})",
+            values_list(pairs.len(), 2, 1)
+        );
+        let mut q = sqlx::query(&sql);
+        for (conv, user) in &pairs {
+            q = q.bind(*conv).bind(*user);
+        }
+        for row in q.fetch_all(&mut *tx).await? {
+            writable.insert((row.try_get("conv_id")?, row.try_get("user_id")?));
+        }
+    }
+    let mut to_store: Vec<usize> = Vec::with_capacity(fresh.len());
+    for i in fresh {
+        let j = &jobs[i];
+        if writable.contains(&(j.input.conv.clone(), j.sender.id.clone())) {
+            to_store.push(i);
+        } else {
+            outcomes[i] = Some(Outcome::NotWritable);
+        }
+    }
+
+    if !to_store.is_empty() {
+        // 3. Reserve `count` seqs per conversation in one statement.
+        let mut counts: Vec<(&str, i64)> = Vec::new();
+        for &i in &to_store {
+            let conv = jobs[i].input.conv.as_str();
+            match counts.iter_mut().find(|(c, _)| *c == conv) {
+                Some((_, n)) => *n += 1,
+                None => counts.push((conv, 1)),
+            }
+        }
+        let cases: Vec<String> = (0..counts.len())
+            .map(|k| format!("WHEN ${} THEN CAST(${} AS BIGINT)", 2 + 2 * k, 3 + 2 * k))
+            .collect();
+        let ids: Vec<String> = (0..counts.len())
+            .map(|k| format!("${}", 2 + 2 * k))
+            .collect();
+        let sql = format!(
+            "UPDATE conversations SET last_seq = last_seq + CASE id {} END, updated_at = $1 \
+             WHERE id IN ({}) RETURNING id, last_seq",
+            cases.join(" "),
+            ids.join(", ")
+        );
+        let mut q = sqlx::query(&sql).bind(now);
+        for (conv, n) in &counts {
+            q = q.bind(*conv).bind(*n);
+        }
+        let mut next_seq: HashMap<String, i64> = HashMap::new();
+        for row in q.fetch_all(&mut *tx).await? {
+            let id: String = row.try_get("id")?;
+            let last: i64 = row.try_get("last_seq")?;
+            let n = counts
+                .iter()
+                .find(|(c, _)| *c == id)
+                .map(|(_, n)| *n)
+                .unwrap_or(0);
+            next_seq.insert(id, last - n + 1);
+        }
+
+        // 4. Every message in one INSERT, seqs in batch order per conversation.
+        let mut messages = Vec::with_capacity(to_store.len());
+        for &i in &to_store {
+            let j = &jobs[i];
+            let seq = next_seq
+                .get_mut(&j.input.conv)
+                .ok_or_else(|| sqlx::Error::Protocol("conversation vanished mid-batch".into()))?;
+            messages.push((i, new_message(j, *seq, now)));
+            *seq += 1;
+        }
+        let sql = format!(
+            "INSERT INTO messages ({COLUMNS}) VALUES {}",
+            (0..messages.len())
+                .map(|r| {
+                    let cells: Vec<String> = (1..=11).map(|c| format!("${}", r * 11 + c)).collect();
+                    format!("({}, NULL)", cells.join(", "))
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let mut q = sqlx::query(&sql);
+        for (_, m) in &messages {
+            q = q
+                .bind(&m.id)
+                .bind(&m.conv)
+                .bind(m.seq)
+                .bind(&m.sender.id)
+                .bind(m.sender.role.as_str())
+                .bind(&m.sender.name)
+                .bind(m.kind.as_str())
+                .bind(&m.body)
+                .bind(&m.attachment)
+                .bind(&m.client_msg_id)
+                .bind(m.ts);
+        }
+        q.execute(&mut *tx).await?;
+        for (_, m) in &messages {
+            if let Some(upload) = &m.attachment {
+                link_upload(&mut tx, upload, &m.conv).await?;
+            }
+        }
+        for (i, m) in messages {
+            outcomes[i] = Some(Outcome::Stored(m));
+        }
     }
     tx.commit().await?;
-    Ok(outcomes)
+    Ok(outcomes
+        .into_iter()
+        .map(|o| o.unwrap_or(Outcome::NotWritable))
+        .collect())
+}
+
+fn new_message(job: &Job, seq: i64, now: i64) -> Message {
+    Message {
+        id: new_id("m_"),
+        conv: job.input.conv.clone(),
+        seq,
+        sender: job.sender.clone(),
+        kind: job.input.kind,
+        body: job.body.clone(),
+        attachment: job.input.attachment.clone(),
+        client_msg_id: Some(job.input.client_msg_id.clone()),
+        ts: now,
+        recalled: false,
+    }
+}
+
+async fn link_upload(
+    conn: &mut AnyConnection,
+    upload: &str,
+    conv: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO upload_conversations (upload_id, conv_id) VALUES ($1, $2) \
+         ON CONFLICT (upload_id, conv_id) DO NOTHING",
+    )
+    .bind(upload)
+    .bind(conv)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
 
 /// Stores one send in its own transaction: the precise path after a batch failed.
@@ -304,18 +514,7 @@ async fn insert_message(
     let Some(seq_row) = seq_row else {
         return Ok(None);
     };
-    let msg = Message {
-        id: new_id("m_"),
-        conv: job.input.conv.clone(),
-        seq: seq_row.try_get("last_seq")?,
-        sender: job.sender.clone(),
-        kind: job.input.kind,
-        body: job.body.clone(),
-        attachment: job.input.attachment.clone(),
-        client_msg_id: Some(job.input.client_msg_id.clone()),
-        ts: now,
-        recalled: false,
-    };
+    let msg = new_message(job, seq_row.try_get("last_seq")?, now);
     sqlx::query(&format!(
         "INSERT INTO messages ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, NULL)"
     ))
@@ -333,14 +532,7 @@ async fn insert_message(
     .execute(&mut *conn)
     .await?;
     if let Some(upload) = &msg.attachment {
-        sqlx::query(
-            "INSERT INTO upload_conversations (upload_id, conv_id) VALUES ($1, $2) \
-             ON CONFLICT (upload_id, conv_id) DO NOTHING",
-        )
-        .bind(upload)
-        .bind(&msg.conv)
-        .execute(&mut *conn)
-        .await?;
+        link_upload(conn, upload, &msg.conv).await?;
     }
     Ok(Some(msg))
 }

@@ -26,7 +26,7 @@ pub(super) const COLUMNS: &str =
     "id, conv_id, seq, sender_id, sender_role, sender_name, kind, body, \
                        attachment_id, client_msg_id, ts, recalled_at";
 
-fn from_row(row: &AnyRow) -> AppResult<Message> {
+pub(super) fn message_from_row(row: &AnyRow) -> AppResult<Message> {
     let kind: String = row.try_get("kind")?;
     let role: String = row.try_get("sender_role")?;
     let recalled_at: Option<i64> = row.try_get("recalled_at")?;
@@ -127,14 +127,7 @@ pub(super) async fn find_by_client_id(
     // queue behind the single SQLite writer.
     .fetch_optional(store.read())
     .await?;
-    row.as_ref().map(from_row).transpose()
-}
-
-/// A send after its checks: either already answered (a repeated
-/// `client_msg_id`) or queued for the committer.
-pub enum Prepared {
-    Done(Message),
-    Pending(Pending),
+    row.as_ref().map(message_from_row).transpose()
 }
 
 /// Checks a send and queues it for storage; returns without waiting for the
@@ -146,32 +139,25 @@ pub async fn prepare_send(
     sender: &UserRef,
     origin_conn: Option<Arc<str>>,
     input: SendInput,
-) -> AppResult<Prepared> {
+) -> AppResult<Pending> {
     let store = state.store();
+    // No look-up of an earlier copy here: the committer finds resends of
+    // stored messages for a whole batch in one query.
     let body = validate_send(store, sender, &input).await?;
-    if let Some(existing) =
-        find_by_client_id(store, &input.conv, &sender.id, &input.client_msg_id).await?
-    {
-        return Ok(Prepared::Done(existing));
-    }
-    let pending = state
+    state
         .committer()
         .submit(sender, input, body, origin_conn)
-        .await?;
-    Ok(Prepared::Pending(pending))
+        .await
 }
 
 /// Waits for a prepared send's commit: the stored message, or the original
 /// of a repeated `client_msg_id`.
-pub async fn finish_send(prepared: Prepared) -> AppResult<Message> {
-    match prepared {
-        Prepared::Done(msg) => Ok(msg),
-        Prepared::Pending(pending) => match pending
-            .await
-            .map_err(|_| AppError::internal("committer dropped a send"))??
-        {
-            Stored::New(msg) | Stored::Existing(msg) => Ok(msg),
-        },
+pub async fn finish_send(pending: Pending) -> AppResult<Message> {
+    match pending
+        .await
+        .map_err(|_| AppError::internal("committer dropped a send"))??
+    {
+        Stored::New(msg) | Stored::Existing(msg) => Ok(msg),
     }
 }
 
@@ -237,7 +223,7 @@ pub async fn sync_messages(
     let mut messages = rows
         .iter()
         .take(limit as usize)
-        .map(from_row)
+        .map(message_from_row)
         .collect::<AppResult<Vec<_>>>()?;
     if matches!(page, Page::Before(_)) {
         messages.reverse();
