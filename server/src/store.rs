@@ -30,6 +30,12 @@ pub enum Backend {
 
 /// Per-connection SQLite settings. WAL: readers never block the writer.
 /// synchronous=FULL: an acked message survives a power cut, not only a crash.
+/// temp_store=MEMORY: the statement journal of a batch `INSERT` stays off disk
+/// (it cost a tenth of the writer's time under load). cache_size 16 MiB per
+/// connection keeps the hot index pages of a busy node in memory.
+/// wal_autocheckpoint 8000 pages (about 32 MiB of WAL): checkpoints run on the
+/// committing connection, so running them less often takes them off most
+/// commits and lets repeated writes of one page coalesce.
 fn sqlite_pragmas(
     conn: &mut sqlx::AnyConnection,
 ) -> futures_util::future::BoxFuture<'_, Result<(), sqlx::Error>> {
@@ -37,7 +43,9 @@ fn sqlite_pragmas(
         conn.execute(
             format!(
                 "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; \
-                 PRAGMA foreign_keys=ON; PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS};"
+                 PRAGMA foreign_keys=ON; PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}; \
+                 PRAGMA temp_store=MEMORY; PRAGMA cache_size=-16384; \
+                 PRAGMA wal_autocheckpoint=8000;"
             )
             .as_str(),
         )
