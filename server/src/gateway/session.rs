@@ -60,7 +60,10 @@ const TRY_AGAIN_LATER: u16 = 1013;
 
 /// Runs a connection to its end.
 pub async fn run(state: AppState, mut ws: Ws) {
-    let Some((user, req)) = await_auth(&state, &mut ws).await else {
+    // Boxed: an async fn reserves room for its largest await point for its
+    // whole life, so the transient work of authenticating, handling a request
+    // or closing must not be inlined into the long-lived session future.
+    let Some((user, req)) = Box::pin(await_auth(&state, &mut ws)).await else {
         return;
     };
     let conn_id: Arc<str> = Arc::from(new_id("c_"));
@@ -112,7 +115,7 @@ pub async fn run(state: AppState, mut ws: Ws) {
             in_flight: FuturesOrdered::new(),
         };
         session.reply(&welcome);
-        session.serve(ws, rx).await;
+        Box::pin(session.serve(ws, rx)).await;
     }
     .instrument(span)
     .await
@@ -366,7 +369,8 @@ impl Session {
                         None => break Stop::Gone,
                         Some(Err(e)) if is_too_large(&e) => Flow::Close(close::TOO_LARGE, "frame too large"),
                         Some(Err(_)) => break Stop::Gone,
-                        Some(Ok(WsMessage::Text(t))) => self.on_text(&t).await,
+                        // Boxed for the session future's size (see `run`).
+                        Some(Ok(WsMessage::Text(t))) => Box::pin(self.on_text(&t)).await,
                         Some(Ok(WsMessage::Binary(_))) => {
                             self.on_rejected_frame(None, AppError::bad_request(
                                 "binary frames are not supported; send JSON text frames",
@@ -393,12 +397,23 @@ impl Session {
                 }
             }
         };
+        let code = kill.code();
+        Box::pin(self.finish(stop, ws, rx, code)).await;
+    }
+
+    /// Closes the connection the way `stop` says.
+    async fn finish(
+        &mut self,
+        stop: Stop,
+        mut ws: Ws,
+        mut rx: mpsc::Receiver<Utf8Bytes>,
+        kill_code: u16,
+    ) {
         match stop {
             Stop::Killed => {
                 rx.close();
-                let code = kill.code();
-                tracing::info!(code, "closing connection");
-                close_gracefully(&mut ws, code, reason_of(code)).await;
+                tracing::info!(code = kill_code, "closing connection");
+                close_gracefully(&mut ws, kill_code, reason_of(kill_code)).await;
             }
             Stop::Shutdown => {
                 // Answer the sends already taken, deliver what is queued, then
