@@ -446,15 +446,7 @@ async fn list_messages(
     Path(id): Path<String>,
     ApiQuery(q): ApiQuery<MessagesQuery>,
 ) -> AppResult<Json<SyncOk>> {
-    let page = match (q.after, q.before) {
-        (Some(_), Some(_)) => {
-            return Err(AppError::bad_request(
-                "give either after or before, not both",
-            ))
-        }
-        (None, Some(b)) => messages::Page::Before(b),
-        (a, None) => messages::Page::After(a.unwrap_or(0)),
-    };
+    let page = messages::Page::from_bounds(q.after, q.before)?;
     let limit = q.limit.unwrap_or(limits::SYNC_DEFAULT_LIMIT);
     Ok(Json(
         messages::sync_messages(&state, &caller.0, &id, page, limit).await?,

@@ -141,11 +141,6 @@ impl AppState {
         self.inner.fanout.members_added(conv, users);
     }
 
-    /// Users left a conversation.
-    pub fn members_removed(&self, conv: &str, users: Vec<String>) {
-        self.inner.fanout.members_removed(conv, users);
-    }
-
     /// Applies what another node published.
     pub fn apply_bus_message(&self, msg: BusMessage) {
         self.inner.fanout.apply(msg);

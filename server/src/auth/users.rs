@@ -166,18 +166,3 @@ pub async fn list_users(
     .await?;
     rows.iter().map(from_row).collect()
 }
-
-/// Users by id, for member lists; unknown ids are left out.
-pub async fn existing_user_ids(store: &Store, ids: &[String]) -> AppResult<Vec<String>> {
-    let mut found = Vec::with_capacity(ids.len());
-    for id in ids {
-        let row = sqlx::query("SELECT id FROM users WHERE id = $1")
-            .bind(id)
-            .fetch_optional(store.read())
-            .await?;
-        if let Some(row) = row {
-            found.push(row.try_get("id")?);
-        }
-    }
-    Ok(found)
-}

@@ -189,6 +189,20 @@ pub enum Page {
     Before(i64),
 }
 
+impl Page {
+    /// The page a `sync` (or its REST twin) asks for: `before` pages
+    /// backwards, `after` (default 0) forwards; both at once is an error.
+    pub fn from_bounds(after: Option<i64>, before: Option<i64>) -> AppResult<Page> {
+        match (after, before) {
+            (Some(_), Some(_)) => Err(AppError::bad_request(
+                "give either after or before, not both",
+            )),
+            (None, Some(b)) => Ok(Page::Before(b)),
+            (a, None) => Ok(Page::After(a.unwrap_or(0))),
+        }
+    }
+}
+
 /// A page of history in ascending `seq`.
 pub async fn sync_messages(
     state: &AppState,

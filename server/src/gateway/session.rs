@@ -570,15 +570,7 @@ impl Session {
                 before,
                 limit,
             } => {
-                let page = match (after, before) {
-                    (Some(_), Some(_)) => {
-                        return Err(AppError::bad_request(
-                            "give either after or before, not both",
-                        ))
-                    }
-                    (None, Some(b)) => messages::Page::Before(b),
-                    (a, None) => messages::Page::After(a.unwrap_or(0)),
-                };
+                let page = messages::Page::from_bounds(after, before)?;
                 let limit = limit.unwrap_or(switchboard_protocol::limits::SYNC_DEFAULT_LIMIT);
                 let page = messages::sync_messages(state, user, &conv, page, limit).await?;
                 Ok(ok(req, OkBody::Sync(page)))
