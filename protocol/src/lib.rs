@@ -275,6 +275,8 @@ pub enum Role {
     Agent,
     Supervisor,
     Admin,
+    /// The server itself: the sender of `system` messages. No account has it.
+    System,
 }
 
 impl Role {
@@ -284,6 +286,7 @@ impl Role {
             Role::Agent => "agent",
             Role::Supervisor => "supervisor",
             Role::Admin => "admin",
+            Role::System => "system",
         }
     }
 
@@ -299,7 +302,12 @@ impl Role {
 
     /// Agents, supervisors and admins.
     pub fn is_staff(self) -> bool {
-        !matches!(self, Role::Customer)
+        matches!(self, Role::Agent | Role::Supervisor | Role::Admin)
+    }
+
+    /// Supervisors and admins: may watch queues and assign by hand.
+    pub fn is_supervisor(self) -> bool {
+        matches!(self, Role::Supervisor | Role::Admin)
     }
 }
 
@@ -422,6 +430,19 @@ pub struct ConversationInfo {
     #[serde(default)]
     pub last_read_seq: i64,
     pub created_at: i64,
+    /// The topic the customer consulted about.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+    /// Offer mode: the agent this queued conversation is offered to; it must
+    /// `accept` before `offer_expires_at` (ms since the epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offered_to: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offer_expires_at: Option<i64>,
+    /// A queued conversation waiting as a left message (no team could serve
+    /// when it was opened); it joins the live queue when the team returns.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub pending: bool,
 }
 
 /// The `ok` reply to `auth`.
@@ -636,6 +657,10 @@ pub enum ServerFrame {
     Notice {
         level: NoticeLevel,
         text: String,
+        /// A stable code for clients that show their own wording, e.g.
+        /// `left_message` or `overflowed`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        code: Option<String>,
     },
 }
 

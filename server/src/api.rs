@@ -52,6 +52,7 @@ pub fn router(state: AppState) -> Router {
         .route("/conversations/{id}", get(get_conversation))
         .route("/conversations/{id}/messages", get(list_messages))
         .route("/conversations/{id}/members", get(list_members))
+        .merge(crate::dispatch::api::routes())
         .fallback(api_not_found)
         .method_not_allowed_fallback(api_method_not_allowed);
     Router::new()
@@ -242,7 +243,7 @@ struct CreateUserBody {
     name: Option<String>,
     role: String,
     #[serde(default)]
-    skills: Vec<String>,
+    skills: Vec<crate::dispatch::Skill>,
     max_concurrency: Option<i64>,
 }
 

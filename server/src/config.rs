@@ -102,6 +102,9 @@ pub struct Limits {
     pub quick_link_ttl_s: u64,
     /// Seconds a shutdown waits for connections to close and work to finish.
     pub shutdown_drain_s: u64,
+    /// Seconds without a message after which an active service conversation
+    /// is closed automatically; 0 turns auto-close off.
+    pub idle_close_s: u64,
 }
 
 impl Default for Limits {
@@ -120,6 +123,7 @@ impl Default for Limits {
             refresh_token_ttl_s: 30 * 24 * 3600,
             quick_link_ttl_s: 7 * 24 * 3600,
             shutdown_drain_s: 10,
+            idle_close_s: 1800,
         }
     }
 }
@@ -217,6 +221,8 @@ refresh_token_ttl_s = 2592000
 quick_link_ttl_s = 604800
 # Seconds a shutdown waits for connections and work to drain.
 shutdown_drain_s = 10
+# Seconds without a message before an active service conversation closes (0 = never).
+idle_close_s = 1800
 "#;
 
 /// A configuration that cannot be used, with the reason.
@@ -341,6 +347,7 @@ impl Config {
             refresh_token_ttl_s,
             quick_link_ttl_s,
             shutdown_drain_s,
+            idle_close_s,
         );
         Ok(())
     }

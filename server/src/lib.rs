@@ -11,6 +11,8 @@
 //! - [`bus`]: the cross-node seam (in-process or Redis pub/sub).
 //! - [`auth`]: users, password hashes, tokens, quick links.
 //! - [`conversations`]: conversations, members, messages.
+//! - [`dispatch`]: teams, queues, strategies, presence, assignment.
+//! - [`calendar`]: working-hours calendars.
 //! - [`uploads`]: attachments and their file store.
 //! - [`gateway`]: the WebSocket endpoint, sessions and the connection registry.
 //! - [`api`]: HTTP routes.
@@ -20,8 +22,10 @@
 pub mod api;
 pub mod auth;
 pub mod bus;
+pub mod calendar;
 pub mod config;
 pub mod conversations;
+pub mod dispatch;
 pub mod error;
 pub mod fanout;
 pub mod gateway;
@@ -102,6 +106,14 @@ pub async fn run_on(
         None => Bus::Local(network.bus(&node_id, metrics.clone())),
     };
     let files = uploads::FileStore::new(config.data_dir.join("uploads"))?;
+    let engine = match &config.redis_url {
+        Some(url) => dispatch::Engine::Redis(Box::new(dispatch::redis::RedisEngine::new(
+            url.expose(),
+            &config.redis_prefix,
+            store.clone(),
+        )?)),
+        None => dispatch::Engine::Local(network.dispatch_engine()),
+    };
     let sessions = TaskTracker::new();
     let workers = TaskTracker::new();
     let workers_stop = CancellationToken::new();
@@ -114,6 +126,7 @@ pub async fn run_on(
         keys,
         metrics,
         files,
+        dispatch: dispatch::Dispatcher::new(engine),
         shutdown: shutdown.clone(),
         tracker: sessions.clone(),
     });
@@ -125,6 +138,9 @@ pub async fn run_on(
             workers_stop.clone(),
         );
     }
+    dispatch::start(&state, &workers, workers_stop.clone())
+        .await
+        .map_err(|e| ServerError::Other(format!("starting dispatch: {}", e.public_message())))?;
 
     let addr = listener.local_addr()?;
     tracing::info!(%addr, node = %node_id, backend = ?store.backend(), "switchboard listening");

@@ -13,6 +13,7 @@ use crate::auth::TokenKeys;
 use crate::bus::{Bus, BusMessage, Exclude, Target};
 use crate::config::Config;
 use crate::conversations::committer::Committer;
+use crate::dispatch::Dispatcher;
 use crate::fanout::Fanout;
 use crate::gateway::registry::Registry;
 use crate::metrics::Metrics;
@@ -34,6 +35,7 @@ struct Inner {
     keys: TokenKeys,
     metrics: Arc<Metrics>,
     files: FileStore,
+    dispatch: Dispatcher,
     /// Fired when the server shuts down: sessions close with 1012.
     shutdown: CancellationToken,
     /// Every session and background task, so shutdown can wait for them.
@@ -50,6 +52,7 @@ pub struct StateParts {
     pub keys: TokenKeys,
     pub metrics: Arc<Metrics>,
     pub files: FileStore,
+    pub dispatch: Dispatcher,
     pub shutdown: CancellationToken,
     pub tracker: TaskTracker,
 }
@@ -71,6 +74,7 @@ impl AppState {
                 keys: p.keys,
                 metrics: p.metrics,
                 files: p.files,
+                dispatch: p.dispatch,
                 shutdown: p.shutdown,
                 tracker: p.tracker,
                 accepting: AtomicBool::new(true),
@@ -105,6 +109,10 @@ impl AppState {
     }
     pub fn files(&self) -> &FileStore {
         &self.inner.files
+    }
+    /// Queues, presence and assignment.
+    pub fn dispatcher(&self) -> &Dispatcher {
+        &self.inner.dispatch
     }
     pub fn shutdown_token(&self) -> &CancellationToken {
         &self.inner.shutdown

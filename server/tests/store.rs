@@ -74,10 +74,20 @@ async fn app(store: &Store) -> (AppState, tempfile::TempDir) {
         metrics,
         files: switchboard_server::uploads::FileStore::new(dir.path().join("uploads"))
             .expect("file store"),
+        dispatch: switchboard_server::dispatch::Dispatcher::new(
+            switchboard_server::dispatch::Engine::Local(Default::default()),
+        ),
         shutdown: CancellationToken::new(),
         tracker: TaskTracker::new(),
     });
     (state, dir)
+}
+
+fn skill(name: &str, level: u8) -> switchboard_server::dispatch::Skill {
+    switchboard_server::dispatch::Skill {
+        name: name.into(),
+        level,
+    }
 }
 
 /// The error code of a result that must have failed.
@@ -201,7 +211,7 @@ async fn users_round_trip_conflict_and_keyset_paging(store: Store) {
             password_hash: Some("$argon2id$not-a-real-hash".into()),
             temporary: false,
             max_concurrency: Some(5),
-            skills: vec!["售前咨询".into(), "退款".into(), "english".into()],
+            skills: vec![skill("售前咨询", 4), skill("退款", 2), skill("english", 5)],
         },
     )
     .await
@@ -227,7 +237,10 @@ async fn users_round_trip_conflict_and_keyset_paging(store: Store) {
         );
         assert!(!got.temporary && !got.disabled && !got.must_change_password);
         assert_eq!(got.max_concurrency, Some(5));
-        assert_eq!(got.skills, vec!["售前咨询", "退款", "english"]);
+        assert_eq!(
+            got.skills,
+            vec![skill("售前咨询", 4), skill("退款", 2), skill("english", 5)]
+        );
         assert_eq!(got.created_at, created.created_at);
     }
     assert!(users::get_user(&store, "u_missing")

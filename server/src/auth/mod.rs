@@ -191,7 +191,7 @@ pub struct NewStaff {
     pub password: String,
     pub name: Option<String>,
     pub role: Role,
-    pub skills: Vec<String>,
+    pub skills: Vec<crate::dispatch::Skill>,
     pub max_concurrency: Option<i64>,
 }
 
@@ -208,16 +208,7 @@ pub async fn create_staff(store: &Store, new: NewStaff) -> AppResult<User> {
     if new.max_concurrency.is_some_and(|n| !(1..=100).contains(&n)) {
         return Err(AppError::bad_request("max_concurrency must be 1 to 100"));
     }
-    if new.skills.len() > 50
-        || new
-            .skills
-            .iter()
-            .any(|s| s.trim().is_empty() || s.chars().count() > 50)
-    {
-        return Err(AppError::bad_request(
-            "skills: at most 50, each 1 to 50 characters",
-        ));
-    }
+    crate::dispatch::teams::validate_skills("skills", &new.skills)?;
     let hash = passwords::hash(&new.password).await?;
     users::create_user(
         store,
@@ -452,6 +443,16 @@ impl AuthUser {
             Ok(())
         } else {
             Err(AppError::forbidden("this needs a staff account"))
+        }
+    }
+
+    pub fn require_supervisor(&self) -> AppResult<()> {
+        if self.0.role.is_supervisor() {
+            Ok(())
+        } else {
+            Err(AppError::forbidden(
+                "this needs a supervisor or administrator",
+            ))
         }
     }
 

@@ -24,7 +24,7 @@ pub struct User {
     pub disabled: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_concurrency: Option<i64>,
-    pub skills: Vec<String>,
+    pub skills: Vec<crate::dispatch::Skill>,
     pub created_at: i64,
 }
 
@@ -68,7 +68,7 @@ pub struct NewUser {
     pub password_hash: Option<String>,
     pub temporary: bool,
     pub max_concurrency: Option<i64>,
-    pub skills: Vec<String>,
+    pub skills: Vec<crate::dispatch::Skill>,
 }
 
 /// Checks a username: 3–64 characters of letters, digits, `.`, `_`, `-`, `@`.
@@ -165,4 +165,59 @@ pub async fn list_users(
     .fetch_all(store.read())
     .await?;
     rows.iter().map(from_row).collect()
+}
+
+/// Changes to a user's profile and routing settings (`PATCH /users/{id}`).
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserPatch {
+    pub name: Option<String>,
+    pub skills: Option<Vec<crate::dispatch::Skill>>,
+    /// `null` clears it (the team default applies).
+    #[serde(default, deserialize_with = "double_option")]
+    pub max_concurrency: Option<Option<i64>>,
+    pub disabled: Option<bool>,
+}
+
+/// Tells an absent field (`None`) from an explicit `null` (`Some(None)`).
+fn double_option<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    serde::Deserialize::deserialize(d).map(Some)
+}
+
+/// Applies a patch; returns the updated user.
+pub async fn update_user(store: &Store, id: &str, patch: &UserPatch) -> AppResult<User> {
+    let user = get_user(store, id)
+        .await?
+        .ok_or_else(|| AppError::not_found("no such user"))?;
+    let name = match &patch.name {
+        Some(n) => validate_name(n)?,
+        None => user.name.clone(),
+    };
+    let skills = patch.skills.clone().unwrap_or(user.skills.clone());
+    crate::dispatch::teams::validate_skills("skills", &skills)?;
+    let max = match patch.max_concurrency {
+        Some(v) => v,
+        None => user.max_concurrency,
+    };
+    if max.is_some_and(|n| !(1..=100).contains(&n)) {
+        return Err(AppError::bad_request("max_concurrency must be 1 to 100"));
+    }
+    let disabled = patch.disabled.unwrap_or(user.disabled);
+    sqlx::query(
+        "UPDATE users SET name = $2, skills = $3, max_concurrency = $4, disabled = $5 WHERE id = $1",
+    )
+    .bind(id)
+    .bind(&name)
+    .bind(serde_json::to_string(&skills).unwrap_or_else(|_| "[]".into()))
+    .bind(max)
+    .bind(i64::from(disabled))
+    .execute(store.write())
+    .await?;
+    get_user(store, id)
+        .await?
+        .ok_or_else(|| AppError::internal("user vanished after update"))
 }

@@ -25,11 +25,19 @@ type Inbox = mpsc::Sender<Arc<BusMessage>>;
 pub struct LocalNetwork {
     // Why a std Mutex: held only to clone or push senders, never across .await.
     nodes: Arc<Mutex<Vec<(String, Inbox)>>>,
+    /// The dispatch engine the nodes of this process share (one lock, so
+    /// assignment stays atomic across them as with Redis).
+    dispatch: Arc<crate::dispatch::local::LocalEngine>,
 }
 
 impl LocalNetwork {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The in-process dispatch engine shared by this network's nodes.
+    pub fn dispatch_engine(&self) -> Arc<crate::dispatch::local::LocalEngine> {
+        self.dispatch.clone()
     }
 
     /// The bus handle of one node on this network.

@@ -34,6 +34,8 @@ pub enum Target {
     Conv(String),
     /// Every connection of one user.
     User(String),
+    /// Every connection watching a team's queue (supervisors' `watch`).
+    Watch(String),
 }
 
 /// Connections left out of a delivery.

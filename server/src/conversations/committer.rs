@@ -449,6 +449,12 @@ async fn commit_batch(store: &Store, jobs: &[Job]) -> Result<Vec<Outcome>, sqlx:
                 link_upload(&mut tx, upload, &m.conv).await?;
             }
         }
+        let staff_convs: Vec<&str> = messages
+            .iter()
+            .filter(|(_, m)| m.sender.role.is_staff())
+            .map(|(_, m)| m.conv.as_str())
+            .collect();
+        mark_first_response(&mut tx, backend, staff_convs, now).await?;
         for (i, m) in messages {
             outcomes[i] = Some(Outcome::Stored(m));
         }
@@ -563,5 +569,44 @@ async fn insert_message(
     if let Some(upload) = &msg.attachment {
         link_upload(conn, upload, &msg.conv).await?;
     }
+    if msg.sender.role.is_staff() {
+        sqlx::query(
+            "UPDATE conversations SET first_response_at = $2 WHERE id = $1 \
+             AND kind = 'service' AND state = 'active' AND first_response_at IS NULL",
+        )
+        .bind(&msg.conv)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+    }
     Ok(Some(msg))
+}
+
+/// Records the first staff reply of service conversations (the reports'
+/// first-response time): one statement for a whole batch.
+async fn mark_first_response(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    mut convs: Vec<&str>,
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    if convs.is_empty() {
+        return Ok(());
+    }
+    convs.sort_unstable();
+    convs.dedup();
+    let mut p = Placeholders::new(backend);
+    let at = p.one();
+    let ids: Vec<String> = convs.iter().map(|_| p.one()).collect();
+    let sql = format!(
+        "UPDATE conversations SET first_response_at = {at} WHERE id IN ({}) \
+         AND kind = 'service' AND state = 'active' AND first_response_at IS NULL",
+        ids.join(", ")
+    );
+    let mut q = sqlx::query(&sql).bind(now);
+    for c in convs {
+        q = q.bind(c);
+    }
+    q.execute(&mut *conn).await?;
+    Ok(())
 }

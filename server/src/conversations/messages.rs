@@ -26,6 +26,56 @@ pub(super) const COLUMNS: &str =
     "id, conv_id, seq, sender_id, sender_role, sender_name, kind, body, \
                        attachment_id, client_msg_id, ts, recalled_at";
 
+/// Stores a server-made `system` message inside the caller's transaction
+/// (with the state change it reports) and returns it; the caller delivers it
+/// after commit.
+pub async fn insert_system_message(
+    conn: &mut sqlx::AnyConnection,
+    conv: &str,
+    body: &str,
+    now: i64,
+) -> AppResult<Message> {
+    let row = sqlx::query(
+        "UPDATE conversations SET last_seq = last_seq + 1, updated_at = $2 WHERE id = $1 \
+         RETURNING last_seq",
+    )
+    .bind(conv)
+    .bind(now)
+    .fetch_one(&mut *conn)
+    .await?;
+    let msg = Message {
+        id: crate::util::new_id("m_"),
+        conv: conv.to_string(),
+        seq: row.try_get("last_seq")?,
+        sender: UserRef {
+            id: "system".into(),
+            role: Role::System,
+            name: "系统".into(),
+        },
+        kind: MessageKind::System,
+        body: body.to_string(),
+        attachment: None,
+        client_msg_id: None,
+        ts: now,
+        recalled: false,
+    };
+    sqlx::query(&format!(
+        "INSERT INTO messages ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, NULL, $9, NULL)"
+    ))
+    .bind(&msg.id)
+    .bind(&msg.conv)
+    .bind(msg.seq)
+    .bind(&msg.sender.id)
+    .bind(msg.sender.role.as_str())
+    .bind(&msg.sender.name)
+    .bind(msg.kind.as_str())
+    .bind(&msg.body)
+    .bind(msg.ts)
+    .execute(&mut *conn)
+    .await?;
+    Ok(msg)
+}
+
 pub(super) fn message_from_row(row: &AnyRow) -> AppResult<Message> {
     let kind: String = row.try_get("kind")?;
     let role: String = row.try_get("sender_role")?;
@@ -36,7 +86,10 @@ pub(super) fn message_from_row(row: &AnyRow) -> AppResult<Message> {
         seq: row.try_get("seq")?,
         sender: UserRef {
             id: row.try_get("sender_id")?,
-            role: Role::parse(&role).ok_or_else(|| AppError::internal("bad sender role"))?,
+            role: match role.as_str() {
+                "system" => Role::System,
+                r => Role::parse(r).ok_or_else(|| AppError::internal("bad sender role"))?,
+            },
             name: row.try_get("sender_name")?,
         },
         kind: MessageKind::parse(&kind).ok_or_else(|| AppError::internal("bad message kind"))?,

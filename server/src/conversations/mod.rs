@@ -34,7 +34,8 @@ pub const MAX_GROUP_MEMBERS: usize = 10_000;
 const INSERT_CHUNK: usize = 500;
 
 const INFO_COLUMNS: &str = "c.id, c.kind, c.state, c.title, c.team_id, c.agent_id, \
-                            c.customer_id, c.last_seq, c.created_at";
+                            c.customer_id, c.last_seq, c.created_at, c.topic, c.offered_to, \
+                            c.offer_expires_at, c.pending";
 
 fn info_from_row(row: &AnyRow, last_read_seq: i64) -> AppResult<ConversationInfo> {
     let kind: String = row.try_get("kind")?;
@@ -52,7 +53,23 @@ fn info_from_row(row: &AnyRow, last_read_seq: i64) -> AppResult<ConversationInfo
         last_seq: row.try_get("last_seq")?,
         last_read_seq,
         created_at: row.try_get("created_at")?,
+        topic: row.try_get("topic")?,
+        offered_to: row.try_get("offered_to")?,
+        offer_expires_at: row.try_get("offer_expires_at")?,
+        pending: row.try_get::<i64, _>("pending")? == 1,
     })
+}
+
+/// A conversation as everyone sees it (no per-user read position).
+pub async fn conversation_info(store: &Store, conv: &str) -> AppResult<ConversationInfo> {
+    let row = sqlx::query(&format!(
+        "SELECT {INFO_COLUMNS} FROM conversations c WHERE c.id = $1"
+    ))
+    .bind(conv)
+    .fetch_optional(store.read())
+    .await?
+    .ok_or_else(|| AppError::not_found("no such conversation"))?;
+    info_from_row(&row, 0)
 }
 
 /// Every conversation the user is a member of that is not closed: the list the
@@ -259,6 +276,10 @@ pub async fn create_group(
         last_seq: 0,
         last_read_seq: 0,
         created_at: now,
+        topic: None,
+        offered_to: None,
+        offer_expires_at: None,
+        pending: false,
     };
     state.members_added(&id, all.into_iter().map(|(u, _)| u).collect());
     state.deliver_frame(

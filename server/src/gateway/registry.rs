@@ -68,7 +68,12 @@ struct Inner {
     /// handles here makes a delivery one walk over a map's values, with no
     /// lookup per member: profiles of large fan-outs were dominated by those.
     convs: HashMap<Arc<str>, HashMap<Arc<str>, ConnHandle>>,
+    /// Team (or [`ALL_TEAMS`]) → the local connections watching it.
+    watchers: HashMap<Arc<str>, HashMap<Arc<str>, ConnHandle>>,
 }
+
+/// The watcher key of a connection that watches every team.
+pub const ALL_TEAMS: &str = "*";
 
 /// This node's connections.
 pub struct Registry {
@@ -94,6 +99,7 @@ impl Registry {
             conns,
             users,
             convs,
+            ..
         } = &mut *inner;
         let entry = users.entry(handle.user.clone()).or_default();
         entry.conns.push(handle.id.clone());
@@ -116,10 +122,15 @@ impl Registry {
             conns,
             users,
             convs,
+            watchers,
         } = &mut *inner;
         let Some(handle) = conns.remove(conn) else {
             return;
         };
+        watchers.retain(|_, w| {
+            w.remove(conn);
+            !w.is_empty()
+        });
         if let Some(entry) = users.get_mut(&handle.user) {
             entry.conns.retain(|c| &**c != conn);
             for conv in &entry.convs {
@@ -145,6 +156,7 @@ impl Registry {
             conns,
             users,
             convs: by_conv,
+            ..
         } = &mut *inner;
         let Some(entry) = users.get_mut(user) else {
             return;
@@ -199,6 +211,38 @@ impl Registry {
         }
     }
 
+    /// Makes a connection a watcher of these teams (or of [`ALL_TEAMS`]),
+    /// replacing what it watched before.
+    pub fn watch(&self, conn: &str, teams: &[String]) {
+        let mut inner = self.inner.write().expect("registry lock poisoned");
+        let Some(handle) = inner.conns.get(conn).cloned() else {
+            return;
+        };
+        inner.watchers.retain(|_, w| {
+            w.remove(conn);
+            !w.is_empty()
+        });
+        for team in teams {
+            inner
+                .watchers
+                .entry(Arc::from(team.as_str()))
+                .or_default()
+                .insert(handle.id.clone(), handle.clone());
+        }
+    }
+
+    /// The users with at least one connection on this node.
+    pub fn local_users(&self) -> Vec<String> {
+        let inner = self.inner.read().expect("registry lock poisoned");
+        inner.users.keys().map(|u| u.to_string()).collect()
+    }
+
+    /// Whether a user has a connection on this node.
+    pub fn is_connected(&self, user: &str) -> bool {
+        let inner = self.inner.read().expect("registry lock poisoned");
+        inner.users.contains_key(user)
+    }
+
     /// Queues `frame` on every matching local connection; returns how many.
     pub fn deliver(&self, target: &Target, exclude: &Exclude, frame: &Utf8Bytes) -> usize {
         let inner = self.inner.read().expect("registry lock poisoned");
@@ -214,6 +258,23 @@ impl Registry {
                     for handle in members.values() {
                         if !excluded(handle) && self.push(handle, frame.clone()) {
                             delivered += 1;
+                        }
+                    }
+                }
+            }
+            Target::Watch(team) => {
+                // A connection watching the team and all teams gets it once.
+                let mut seen: Vec<&Arc<str>> = Vec::new();
+                for key in [team.as_str(), ALL_TEAMS] {
+                    if let Some(watchers) = inner.watchers.get(key) {
+                        for (id, handle) in watchers {
+                            if seen.contains(&id) {
+                                continue;
+                            }
+                            seen.push(id);
+                            if !excluded(handle) && self.push(handle, frame.clone()) {
+                                delivered += 1;
+                            }
                         }
                     }
                 }

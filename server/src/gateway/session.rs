@@ -32,6 +32,7 @@ use switchboard_protocol::{
 use super::registry::{ConnHandle, Kill};
 use crate::auth;
 use crate::conversations::{self, messages};
+use crate::dispatch;
 use crate::error::{AppError, AppResult};
 use crate::state::AppState;
 use crate::util::{new_id, now_ms};
@@ -80,7 +81,8 @@ pub async fn run(state: AppState, mut ws: Ws) {
         // Register before reading the conversation list: a membership change
         // published meanwhile then reaches this connection's index.
         state.registry().register(handle.clone());
-        let _registered = Unregister(state.clone(), conn_id.clone());
+        let staff = user.role.is_staff().then(|| user.id.clone());
+        let _registered = Unregister(state.clone(), conn_id.clone(), staff.clone());
         let conversations =
             match conversations::open_conversations_of(state.store(), &user.id).await {
                 Ok(c) => c,
@@ -115,18 +117,27 @@ pub async fn run(state: AppState, mut ws: Ws) {
             in_flight: FuturesOrdered::new(),
         };
         session.reply(&welcome);
+        if staff.is_some() {
+            if let Err(e) = Box::pin(dispatch::staff_connected(&state, &session.user)).await {
+                e.log();
+            }
+        }
         Box::pin(session.serve(ws, rx)).await;
     }
     .instrument(span)
     .await
 }
 
-/// Removes the connection from the registry however the session ends.
-struct Unregister(AppState, Arc<str>);
+/// Removes the connection from the registry however the session ends, and
+/// tells dispatch when a staff member's connection went away.
+struct Unregister(AppState, Arc<str>, Option<String>);
 
 impl Drop for Unregister {
     fn drop(&mut self) {
         self.0.registry().unregister(&self.1);
+        if let Some(user) = &self.2 {
+            dispatch::staff_disconnected(&self.0, user);
+        }
     }
 }
 
@@ -286,7 +297,7 @@ struct Session {
 /// How a request is answered.
 enum Answer {
     /// Now (`None`: nothing to answer, the frame had no `req`).
-    Now(Option<ServerFrame>),
+    Now(Option<Box<ServerFrame>>),
     /// When the future completes (a send waiting for its commit).
     Later(BoxFuture<'static, ServerFrame>),
 }
@@ -513,9 +524,11 @@ impl Session {
         let state = &self.state;
         let user = &self.user;
         let ok = |req: Option<ReqId>, body: OkBody| {
-            Answer::Now(req.map(|req| ServerFrame::Ok {
-                req: Some(req),
-                body,
+            Answer::Now(req.map(|req| {
+                Box::new(ServerFrame::Ok {
+                    req: Some(req),
+                    body,
+                })
             }))
         };
         let empty = |req: Option<ReqId>| ok(req, OkBody::Empty {});
@@ -523,7 +536,7 @@ impl Session {
             ClientFrame::Auth { .. } => Err(AppError::bad_request(
                 "this connection is already authenticated",
             )),
-            ClientFrame::Ping { req } => Ok(Answer::Now(Some(ServerFrame::Pong { req }))),
+            ClientFrame::Ping { req } => Ok(Answer::Now(Some(Box::new(ServerFrame::Pong { req })))),
             ClientFrame::Send {
                 req,
                 conv,
@@ -587,18 +600,77 @@ impl Session {
                 messages::recall(state, user, &conv, &msg_id).await?;
                 Ok(empty(req))
             }
-            // Dispatch frames: defined by the protocol, served by the dispatch release.
-            ClientFrame::Consult { .. }
-            | ClientFrame::Presence { .. }
-            | ClientFrame::Accept { .. }
-            | ClientFrame::Transfer { .. }
-            | ClientFrame::Close { .. }
-            | ClientFrame::Rate { .. }
-            | ClientFrame::Watch { .. }
-            | ClientFrame::Assign { .. } => Err(AppError::new(
-                ErrorCode::Unavailable,
-                "dispatch is not available in this version",
-            )),
+            ClientFrame::Consult {
+                req,
+                team,
+                topic,
+                text,
+            } => {
+                let info = Box::pin(dispatch::consult(
+                    state,
+                    user,
+                    team.as_deref(),
+                    topic.as_deref(),
+                    text.as_deref(),
+                ))
+                .await?;
+                Ok(ok(req, OkBody::Consulted { conv: info.id }))
+            }
+            ClientFrame::Presence { req, status } => {
+                Box::pin(dispatch::presence(state, user, status)).await?;
+                Ok(empty(req))
+            }
+            ClientFrame::Accept { req, conv } => {
+                Box::pin(dispatch::accept(state, user, &conv)).await?;
+                Ok(empty(req))
+            }
+            ClientFrame::Transfer {
+                req,
+                conv,
+                to_agent,
+                to_team,
+                note,
+            } => {
+                Box::pin(dispatch::transfer(
+                    state,
+                    user,
+                    &conv,
+                    to_agent.as_deref(),
+                    to_team.as_deref(),
+                    note.as_deref(),
+                ))
+                .await?;
+                Ok(empty(req))
+            }
+            ClientFrame::Close { req, conv } => {
+                Box::pin(dispatch::close(state, user, &conv)).await?;
+                Ok(empty(req))
+            }
+            ClientFrame::Rate {
+                req,
+                conv,
+                score,
+                comment,
+            } => {
+                Box::pin(dispatch::rate(
+                    state,
+                    user,
+                    &conv,
+                    score,
+                    comment.as_deref(),
+                ))
+                .await?;
+                Ok(empty(req))
+            }
+            ClientFrame::Watch { req, teams } => {
+                let snapshot =
+                    Box::pin(dispatch::watch(state, user, &self.handle.id, teams)).await?;
+                Ok(ok(req, OkBody::Watch(snapshot)))
+            }
+            ClientFrame::Assign { req, conv, agent } => {
+                Box::pin(dispatch::assign(state, user, &conv, &agent)).await?;
+                Ok(empty(req))
+            }
         }
     }
 }

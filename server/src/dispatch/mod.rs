@@ -1,0 +1,1783 @@
+//! Dispatch: customers consult, conversations wait in their team's queue, and
+//! the team's strategy gives each to an agent with room for it; then accept,
+//! transfer, close, rating, and the supervisors' live view and hand
+//! assignment.
+//!
+//! The database holds every conversation's state and its history
+//! (`conversation_events`); the [`Engine`] holds the live queues, presence and
+//! loads and makes the atomic choice of an agent. An engine step happens
+//! first, then the database change it implies, guarded by the state the step
+//! expected (`WHERE state = 'queued'` and so on): if the conversation moved
+//! meanwhile the step is undone, so a conversation is never assigned twice.
+//!
+//! Layout:
+//! - this file: [`Dispatcher`] (one per node) and the operations behind the
+//!   frames `consult`, `presence`, `accept`, `transfer`, `close`, `rate`,
+//!   `watch`, `assign`; the background ticks (offer timeouts, queue overflow,
+//!   idle auto-close, presence liveness) and queue-position notices.
+//! - [`engine`]: the engine seam, its types and the in-process pick rules.
+//! - [`local`] / [`redis`] (+ `dispatch.lua`): the two engines.
+//! - [`snapshot`]: the engine state as the database says it is (rebuilds).
+//! - [`teams`]: teams, members, customer–team relationships.
+//! - [`eta`]: the waiting-time estimate.
+//! - [`api`]: the REST routes of all of the above.
+
+pub mod api;
+pub mod engine;
+pub mod eta;
+pub mod local;
+pub mod redis;
+pub mod snapshot;
+pub mod teams;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use sqlx::Row;
+use switchboard_protocol::{
+    limits, AgentState, ConversationInfo, ConversationKind, ConversationState, NoticeLevel,
+    PresenceStatus, QueuedConversation, Role, ServerFrame, TeamQueue, UserRef, WatchSnapshot,
+    WatchTeams,
+};
+use tokio::sync::Notify;
+
+pub use engine::Skill;
+use engine::{AgentLive, AgentSpec, Assignment, EngineOps, Refusal, Ticket};
+use teams::Team;
+
+use crate::bus::{Exclude, Target};
+use crate::conversations::{self, messages};
+use crate::error::{is_unique_violation, AppError, AppResult};
+use crate::gateway::registry::ALL_TEAMS;
+use crate::state::AppState;
+use crate::store::Store;
+use crate::util::{new_id, now_ms};
+
+/// How long a node reuses a team's settings. Why 2 s: a change made through
+/// another node reaches this one within that time, and consults do not each
+/// pay for reading the team.
+const TEAM_CACHE: Duration = Duration::from_secs(2);
+/// Background tick: offer timeouts, overflow, drains. Why 250 ms: an offer
+/// expires at most this late, and the tick's work is a few engine calls.
+const TICK: Duration = Duration::from_millis(250);
+/// Every this many ticks each team is drained even without an event (working
+/// hours opening, an agent's liveness returning) and overflow is checked.
+const SWEEP_TICKS: u32 = 8;
+/// Idle auto-close and left-message pickup run every this many ticks.
+const SLOW_TICKS: u32 = 40;
+/// Queue-position notices are coalesced for this long. Why 50 ms: a burst of
+/// consults or assignments sends each waiting customer one update, not one per
+/// change, while the customer still sees it immediately.
+const NOTIFY_DELAY: Duration = Duration::from_millis(50);
+/// Assignments per engine call. Why 64: a freed capacity rarely admits more;
+/// a large backlog drains in steps that keep each script call short.
+const DRAIN_MAX: usize = 64;
+/// Longest rating comment.
+const MAX_COMMENT_CHARS: usize = 1000;
+/// Longest transfer note.
+const MAX_NOTE_CHARS: usize = 500;
+
+/// The engine this node uses.
+pub enum Engine {
+    Local(std::sync::Arc<local::LocalEngine>),
+    Redis(Box<redis::RedisEngine>),
+}
+
+macro_rules! engine {
+    ($self:expr, $e:ident => $call:expr) => {
+        match $self {
+            Engine::Local($e) => $call,
+            Engine::Redis($e) => $call,
+        }
+    };
+}
+
+impl Engine {
+    pub async fn rebuild(&self, snapshot: engine::Snapshot, now: i64) -> AppResult<()> {
+        engine!(self, e => e.rebuild(snapshot, now).await)
+    }
+    pub async fn needs_rebuild(&self) -> AppResult<bool> {
+        engine!(self, e => e.needs_rebuild().await)
+    }
+    pub async fn set_agent(&self, spec: AgentSpec) -> AppResult<()> {
+        engine!(self, e => e.set_agent(spec).await)
+    }
+    pub async fn set_members(&self, team: &str, agents: Vec<String>) -> AppResult<()> {
+        engine!(self, e => e.set_members(team, agents).await)
+    }
+    pub async fn presence(
+        &self,
+        agent: &str,
+        status: PresenceStatus,
+        now: i64,
+    ) -> AppResult<AgentLive> {
+        engine!(self, e => e.presence(agent, status, now).await)
+    }
+    pub async fn heartbeat(&self, agents: &[(String, PresenceStatus)], now: i64) -> AppResult<()> {
+        engine!(self, e => e.heartbeat(agents, now).await)
+    }
+    pub async fn drain(
+        &self,
+        plan: &engine::TeamPlan,
+        enqueue: Option<&Ticket>,
+        now: i64,
+        max: usize,
+    ) -> AppResult<Vec<Assignment>> {
+        engine!(self, e => e.drain(plan, enqueue, now, max).await)
+    }
+    pub async fn dequeue(&self, team: &str, conv: &str) -> AppResult<bool> {
+        engine!(self, e => e.dequeue(team, conv).await)
+    }
+    pub async fn release(&self, agent: &str, conv: &str) -> AppResult<()> {
+        engine!(self, e => e.release(agent, conv).await)
+    }
+    pub async fn assign(
+        &self,
+        conv: &str,
+        agent: &str,
+        from_queue: Option<&str>,
+        previous: Option<&str>,
+        need_online: bool,
+        now: i64,
+    ) -> AppResult<Result<(), Refusal>> {
+        engine!(self, e => e.assign(conv, agent, from_queue, previous, need_online, now).await)
+    }
+    pub async fn accept(&self, conv: &str, agent: &str) -> AppResult<bool> {
+        engine!(self, e => e.accept(conv, agent).await)
+    }
+    pub async fn expire_offers(&self, now: i64) -> AppResult<Vec<Assignment>> {
+        engine!(self, e => e.expire_offers(now).await)
+    }
+    pub async fn take_overdue(&self, team: &str, cutoff: i64) -> AppResult<Vec<engine::Waiting>> {
+        engine!(self, e => e.take_overdue(team, cutoff).await)
+    }
+    pub async fn queue(&self, team: &str) -> AppResult<Vec<engine::Waiting>> {
+        engine!(self, e => e.queue(team).await)
+    }
+    pub async fn agents(&self, ids: &[String], now: i64) -> AppResult<Vec<AgentLive>> {
+        engine!(self, e => e.agents(ids, now).await)
+    }
+}
+
+/// A team's settings and its routed agents, as cached by a node.
+#[derive(Clone)]
+struct TeamEntry {
+    team: Team,
+    agents: Vec<String>,
+}
+
+/// One node's dispatcher.
+pub struct Dispatcher {
+    engine: Engine,
+    // Why std Mutexes below: each guards a small map for a lookup or insert
+    // and is never held across an await.
+    teams: Mutex<HashMap<String, (Instant, TeamEntry)>>,
+    /// Staff connected to this node: declared status and connection count.
+    local: Mutex<HashMap<String, (PresenceStatus, usize)>>,
+    /// Teams whose waiting customers need a position update.
+    dirty: Mutex<HashSet<String>>,
+    notify: Notify,
+    eta: eta::Estimator,
+}
+
+impl Dispatcher {
+    pub fn new(engine: Engine) -> Dispatcher {
+        Dispatcher {
+            engine,
+            teams: Mutex::new(HashMap::new()),
+            local: Mutex::new(HashMap::new()),
+            dirty: Mutex::new(HashSet::new()),
+            notify: Notify::new(),
+            eta: eta::Estimator::default(),
+        }
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Forgets a cached team (after this node changed it).
+    pub fn invalidate(&self, team: &str) {
+        self.teams.lock().expect("teams lock").remove(team);
+    }
+
+    fn touch(&self, team: &str) {
+        self.dirty
+            .lock()
+            .expect("dirty lock")
+            .insert(team.to_string());
+        self.notify.notify_one();
+    }
+}
+
+async fn team_entry(state: &AppState, id: &str) -> AppResult<Option<TeamEntry>> {
+    let d = state.dispatcher();
+    if let Some((at, e)) = d.teams.lock().expect("teams lock").get(id) {
+        if at.elapsed() < TEAM_CACHE {
+            return Ok(Some(e.clone()));
+        }
+    }
+    let Some(team) = teams::get(state.store(), id).await? else {
+        return Ok(None);
+    };
+    let agents = teams::members(state.store(), id)
+        .await?
+        .into_iter()
+        .filter(|m| m.role == "agent")
+        .map(|m| m.user)
+        .collect();
+    let entry = TeamEntry { team, agents };
+    d.teams
+        .lock()
+        .expect("teams lock")
+        .insert(id.to_string(), (Instant::now(), entry.clone()));
+    Ok(Some(entry))
+}
+
+/// Loads the engine's state from the database if the engine lost it (always
+/// for the in-process engine), then starts the background tasks.
+pub async fn start(
+    state: &AppState,
+    tracker: &tokio_util::task::TaskTracker,
+    cancel: tokio_util::sync::CancellationToken,
+) -> AppResult<()> {
+    let d = state.dispatcher();
+    let must = match d.engine() {
+        Engine::Local(_) => true,
+        Engine::Redis(_) => d.engine().needs_rebuild().await.unwrap_or(false),
+    };
+    if must {
+        d.engine()
+            .rebuild(snapshot::load(state.store()).await?, now_ms())
+            .await?;
+    }
+    {
+        let state = state.clone();
+        let cancel = cancel.clone();
+        tracker.spawn(async move {
+            let mut ticker = tokio::time::interval(TICK);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut n: u32 = 0;
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = ticker.tick() => {}
+                }
+                n = n.wrapping_add(1);
+                if let Err(e) = tick(&state, n).await {
+                    e.log();
+                }
+            }
+        });
+    }
+    {
+        let state = state.clone();
+        let cancel = cancel.clone();
+        tracker.spawn(async move {
+            let mut ticker =
+                tokio::time::interval(Duration::from_millis(engine::HEARTBEAT_MS as u64));
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = ticker.tick() => {}
+                }
+                if let Err(e) = heartbeat(&state).await {
+                    e.log();
+                }
+            }
+        });
+    }
+    {
+        let state = state.clone();
+        tracker.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = state.dispatcher().notify.notified() => {}
+                }
+                tokio::time::sleep(NOTIFY_DELAY).await;
+                let teams: Vec<String> = state
+                    .dispatcher()
+                    .dirty
+                    .lock()
+                    .expect("dirty lock")
+                    .drain()
+                    .collect();
+                for team in teams {
+                    if let Err(e) = announce_queue(&state, &team).await {
+                        e.log();
+                    }
+                }
+            }
+        });
+    }
+    Ok(())
+}
+
+async fn heartbeat(state: &AppState) -> AppResult<()> {
+    let agents: Vec<(String, PresenceStatus)> = state
+        .dispatcher()
+        .local
+        .lock()
+        .expect("local lock")
+        .iter()
+        .map(|(id, (status, _))| (id.clone(), *status))
+        .collect();
+    state
+        .dispatcher()
+        .engine()
+        .heartbeat(&agents, now_ms())
+        .await
+}
+
+async fn tick(state: &AppState, n: u32) -> AppResult<()> {
+    let d = state.dispatcher();
+    let now = now_ms();
+    for expired in d.engine().expire_offers(now).await? {
+        offer_expired(state, &expired).await?;
+    }
+    if n.is_multiple_of(SWEEP_TICKS) {
+        for team in teams::list(state.store()).await? {
+            if let Some(after) = team.overflow_after_s() {
+                let cutoff = now - i64::from(after) * 1000;
+                let overdue = d.engine().take_overdue(&team.id, cutoff).await?;
+                for w in overdue {
+                    overflow(state, &team, &w.conv, "waited too long").await?;
+                }
+            }
+            if team.enabled {
+                drain(state, &team.id).await?;
+            }
+        }
+    }
+    if n.is_multiple_of(SLOW_TICKS) {
+        pick_up_left_messages(state, now).await?;
+        auto_close_idle(state, now).await?;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Service conversations as dispatch sees them.
+
+struct Service {
+    id: String,
+    state: ConversationState,
+    team: Option<String>,
+    agent: Option<String>,
+    customer: Option<String>,
+    offered_to: Option<String>,
+    priority: i64,
+    queued_at: Option<i64>,
+    pending: bool,
+    skills: Vec<Skill>,
+}
+
+async fn load_service(store: &Store, conv: &str) -> AppResult<Service> {
+    let row = sqlx::query(
+        "SELECT id, kind, state, team_id, agent_id, customer_id, offered_to, priority, \
+         queued_at, pending, skills FROM conversations WHERE id = $1",
+    )
+    .bind(conv)
+    .fetch_optional(store.read())
+    .await?
+    .ok_or_else(|| AppError::not_found("no such conversation"))?;
+    let kind: String = row.try_get("kind")?;
+    if kind != ConversationKind::Service.as_str() {
+        return Err(AppError::bad_request(
+            "this is a group conversation, not a service conversation",
+        ));
+    }
+    let st: String = row.try_get("state")?;
+    Ok(Service {
+        id: row.try_get("id")?,
+        state: ConversationState::parse(&st)
+            .ok_or_else(|| AppError::internal(format!("bad state {st}")))?,
+        team: row.try_get("team_id")?,
+        agent: row.try_get("agent_id")?,
+        customer: row.try_get("customer_id")?,
+        offered_to: row.try_get("offered_to")?,
+        priority: row.try_get("priority")?,
+        queued_at: row.try_get("queued_at")?,
+        pending: row.try_get::<i64, _>("pending")? == 1,
+        skills: serde_json::from_str(&row.try_get::<String, _>("skills")?).unwrap_or_default(),
+    })
+}
+
+impl Service {
+    fn ticket(&self) -> Option<Ticket> {
+        Some(Ticket {
+            conv: self.id.clone(),
+            team: self.team.clone()?,
+            priority: self.priority,
+            queued_at: self.queued_at?,
+            skills: self.skills.clone(),
+        })
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn record(
+    conn: &mut sqlx::AnyConnection,
+    conv: &str,
+    kind: &str,
+    team: Option<&str>,
+    agent: Option<&str>,
+    actor: Option<&str>,
+    note: Option<&str>,
+    at: i64,
+) -> AppResult<()> {
+    sqlx::query(
+        "INSERT INTO conversation_events (id, conv_id, kind, team_id, agent_id, actor_id, note, at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(new_id("ev_"))
+    .bind(conv)
+    .bind(kind)
+    .bind(team)
+    .bind(agent)
+    .bind(actor)
+    .bind(note)
+    .bind(at)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+async fn user_name(store: &Store, id: &str) -> AppResult<String> {
+    let row = sqlx::query("SELECT name FROM users WHERE id = $1")
+        .bind(id)
+        .fetch_optional(store.read())
+        .await?;
+    Ok(row
+        .map(|r| r.try_get::<String, _>("name"))
+        .transpose()?
+        .unwrap_or_else(|| id.to_string()))
+}
+
+/// Sends a conversation's current state to its members and its team's watchers.
+async fn announce(state: &AppState, conv: &str, also: &[&str]) -> AppResult<ConversationInfo> {
+    let info = conversations::conversation_info(state.store(), conv).await?;
+    let frame = ServerFrame::Conversation { conv: info.clone() };
+    state.deliver_frame(Target::Conv(conv.to_string()), Exclude::Nobody, &frame);
+    for user in also {
+        state.deliver_frame(Target::User(user.to_string()), Exclude::Nobody, &frame);
+    }
+    if let Some(team) = &info.team {
+        state.deliver_frame(Target::Watch(team.clone()), Exclude::Nobody, &frame);
+    }
+    Ok(info)
+}
+
+fn deliver_message(state: &AppState, msg: &switchboard_protocol::Message) {
+    state.deliver_frame(
+        Target::Conv(msg.conv.clone()),
+        Exclude::Nobody,
+        &ServerFrame::Message { msg: msg.clone() },
+    );
+}
+
+fn notice(state: &AppState, user: &str, level: NoticeLevel, code: &str, text: &str) {
+    state.deliver_frame(
+        Target::User(user.to_string()),
+        Exclude::Nobody,
+        &ServerFrame::Notice {
+            level,
+            text: text.to_string(),
+            code: Some(code.to_string()),
+        },
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Consult.
+
+/// Whether a team can take a conversation now: open, with an online agent,
+/// and room in its queue.
+async fn can_serve(state: &AppState, entry: &TeamEntry, now: i64) -> AppResult<bool> {
+    if !entry.team.is_open(now) {
+        return Ok(false);
+    }
+    let agents = state
+        .dispatcher()
+        .engine()
+        .agents(&entry.agents, now)
+        .await?;
+    if !agents.iter().any(|a| a.status == PresenceStatus::Online) {
+        return Ok(false);
+    }
+    if let Some(max) = entry.team.max_queue {
+        let waiting = state.dispatcher().engine().queue(&entry.team.id).await?;
+        if waiting.len() >= max as usize {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// A customer's `consult`: opens a service conversation (or returns the one
+/// already open) and queues it with the team chosen for it.
+pub async fn consult(
+    state: &AppState,
+    user: &UserRef,
+    team: Option<&str>,
+    topic: Option<&str>,
+    text: Option<&str>,
+) -> AppResult<ConversationInfo> {
+    if user.role != Role::Customer {
+        return Err(AppError::forbidden("only customers consult"));
+    }
+    let topic = topic.map(str::trim).filter(|t| !t.is_empty());
+    if topic.is_some_and(|t| t.chars().count() > 50) {
+        return Err(AppError::bad_request("topic must be at most 50 characters"));
+    }
+    let text = text.map(str::trim).filter(|t| !t.is_empty());
+    if text.is_some_and(|t| t.chars().count() > limits::MAX_BODY_CHARS) {
+        return Err(AppError::bad_request(format!(
+            "text must be at most {} characters",
+            limits::MAX_BODY_CHARS
+        )));
+    }
+    let store = state.store();
+    // One open service conversation per customer: a second consult returns it.
+    let open = sqlx::query(
+        "SELECT id FROM conversations WHERE customer_id = $1 AND kind = 'service' \
+         AND state <> 'closed' ORDER BY created_at DESC LIMIT 1",
+    )
+    .bind(&user.id)
+    .fetch_optional(store.read())
+    .await?;
+    if let Some(row) = open {
+        let id: String = row.try_get("id")?;
+        let info = conversations::conversation_info(store, &id).await?;
+        if let Some(team) = &info.team {
+            state.dispatcher().touch(team);
+        }
+        return Ok(info);
+    }
+    let now = now_ms();
+    let candidates: Vec<Team> = match team {
+        Some(id) => {
+            let t = teams::get(store, id)
+                .await?
+                .filter(|t| t.enabled)
+                .ok_or_else(|| AppError::not_found("no such team"))?;
+            vec![t]
+        }
+        None => teams::candidates_for(store, &user.id, topic, now).await?,
+    };
+    if candidates.is_empty() {
+        return Err(AppError::unavailable(
+            "no service team is set up yet; please try again later",
+        ));
+    }
+    let mut chosen: Option<TeamEntry> = None;
+    for t in &candidates {
+        if let Some(entry) = team_entry(state, &t.id).await? {
+            if can_serve(state, &entry, now).await? {
+                chosen = Some(entry);
+                break;
+            }
+        }
+    }
+    let pending = chosen.is_none();
+    let team = match chosen {
+        Some(e) => e.team,
+        None => candidates[0].clone(),
+    };
+    let skills = team.skills_for(topic);
+    let id = new_id("cv_");
+    let mut tx = store.write().begin().await?;
+    sqlx::query(
+        "INSERT INTO conversations (id, kind, state, team_id, customer_id, last_seq, created_at, \
+         updated_at, topic, priority, skills, pending, queued_at) \
+         VALUES ($1, 'service', 'queued', $2, $3, 0, $4, $4, $5, 0, $6, $7, $4)",
+    )
+    .bind(&id)
+    .bind(&team.id)
+    .bind(&user.id)
+    .bind(now)
+    .bind(topic)
+    .bind(serde_json::to_string(&skills).expect("skills serialize"))
+    .bind(i64::from(pending))
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO conversation_members (conv_id, user_id, role, last_read_seq, joined_at) \
+         VALUES ($1, $2, 'customer', 0, $3)",
+    )
+    .bind(&id)
+    .bind(&user.id)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    record(
+        &mut tx,
+        &id,
+        if pending { "left_message" } else { "queued" },
+        Some(&team.id),
+        None,
+        Some(&user.id),
+        topic,
+        now,
+    )
+    .await?;
+    tx.commit().await?;
+    state.members_added(&id, vec![user.id.clone()]);
+    if let Some(text) = text {
+        messages::send_message(
+            state,
+            user,
+            None,
+            messages::SendInput {
+                conv: id.clone(),
+                client_msg_id: format!("consult:{id}"),
+                kind: switchboard_protocol::MessageKind::Text,
+                body: Some(text.to_string()),
+                attachment: None,
+            },
+        )
+        .await?;
+    }
+    let info = announce(state, &id, &[]).await?;
+    if pending {
+        notice(
+            state,
+            &user.id,
+            NoticeLevel::Info,
+            "left_message",
+            "暂时没有客服可以接待，您可以留言，客服上线后会尽快回复。No agent is available right now; leave a message and we will reply as soon as we are back.",
+        );
+        return Ok(info);
+    }
+    let ticket = Ticket {
+        conv: id.clone(),
+        team: team.id.clone(),
+        priority: 0,
+        queued_at: now,
+        skills,
+    };
+    let assignments = state
+        .dispatcher()
+        .engine()
+        .drain(&team.plan(now), Some(&ticket), now, DRAIN_MAX)
+        .await?;
+    apply(state, assignments).await?;
+    state.dispatcher().touch(&team.id);
+    Ok(info)
+}
+
+// ---------------------------------------------------------------------------
+// Assignment.
+
+/// Drains a team's queue as far as capacity allows.
+pub async fn drain(state: &AppState, team: &str) -> AppResult<()> {
+    let Some(entry) = team_entry(state, team).await? else {
+        return Ok(());
+    };
+    let now = now_ms();
+    let plan = entry.team.plan(now);
+    loop {
+        let assignments = state
+            .dispatcher()
+            .engine()
+            .drain(&plan, None, now, DRAIN_MAX)
+            .await?;
+        let n = assignments.len();
+        if n > 0 {
+            state.dispatcher().touch(team);
+        }
+        apply(state, assignments).await?;
+        if n < DRAIN_MAX {
+            return Ok(());
+        }
+    }
+}
+
+/// Drains every team the agent belongs to (its capacity grew or it came online).
+async fn drain_teams_of(state: &AppState, agent: &str) -> AppResult<()> {
+    for team in teams::teams_of(state.store(), agent).await? {
+        drain(state, &team).await?;
+    }
+    Ok(())
+}
+
+/// Writes what the engine decided.
+async fn apply(state: &AppState, assignments: Vec<Assignment>) -> AppResult<()> {
+    for a in assignments {
+        let result = if a.offered {
+            offer(state, &a).await
+        } else {
+            activate(state, &a.conv, &a.agent, How::Routed).await
+        };
+        match result {
+            Ok(true) => {}
+            // The conversation moved meanwhile (closed by the customer): undo.
+            Ok(false) => {
+                state
+                    .dispatcher()
+                    .engine()
+                    .release(&a.agent, &a.conv)
+                    .await?
+            }
+            Err(e) => {
+                state
+                    .dispatcher()
+                    .engine()
+                    .release(&a.agent, &a.conv)
+                    .await?;
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn offer(state: &AppState, a: &Assignment) -> AppResult<bool> {
+    let Some(entry) = team_entry(state, &a.team).await? else {
+        return Ok(false);
+    };
+    let now = now_ms();
+    let timeout = entry.team.plan(now).offer_ms.unwrap_or(30_000);
+    let mut tx = state.store().write().begin().await?;
+    let done = sqlx::query(
+        "UPDATE conversations SET offered_to = $2, offer_expires_at = $3, updated_at = $4 \
+         WHERE id = $1 AND state = 'queued' AND offered_to IS NULL",
+    )
+    .bind(&a.conv)
+    .bind(&a.agent)
+    .bind(now + timeout)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    if done.rows_affected() == 0 {
+        return Ok(false);
+    }
+    record(
+        &mut tx,
+        &a.conv,
+        "offered",
+        Some(&a.team),
+        Some(&a.agent),
+        None,
+        None,
+        now,
+    )
+    .await?;
+    tx.commit().await?;
+    announce(state, &a.conv, &[&a.agent]).await?;
+    Ok(true)
+}
+
+async fn offer_expired(state: &AppState, a: &Assignment) -> AppResult<()> {
+    let now = now_ms();
+    let mut tx = state.store().write().begin().await?;
+    let done = sqlx::query(
+        "UPDATE conversations SET offered_to = NULL, offer_expires_at = NULL, updated_at = $3 \
+         WHERE id = $1 AND state = 'queued' AND offered_to = $2",
+    )
+    .bind(&a.conv)
+    .bind(&a.agent)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    if done.rows_affected() == 1 {
+        record(
+            &mut tx,
+            &a.conv,
+            "offer_expired",
+            Some(&a.team),
+            Some(&a.agent),
+            None,
+            None,
+            now,
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    announce(state, &a.conv, &[&a.agent]).await?;
+    drain(state, &a.team).await?;
+    state.dispatcher().touch(&a.team);
+    Ok(())
+}
+
+/// How a conversation came to its agent.
+#[derive(Clone, Copy)]
+enum How<'a> {
+    /// The team's strategy assigned it from the queue.
+    Routed,
+    /// The agent accepted an offer.
+    Accepted,
+    /// A supervisor assigned it, from the queue or from `previous`.
+    Manual {
+        actor: &'a str,
+        previous: Option<&'a str>,
+    },
+    /// Transferred by `actor` from `previous`.
+    Transfer {
+        actor: &'a str,
+        previous: &'a str,
+        note: Option<&'a str>,
+    },
+}
+
+/// Makes `agent` the conversation's agent in the database, with its member
+/// row, history event and system message, then tells everyone concerned.
+/// False when the conversation was no longer in the expected state.
+async fn activate(state: &AppState, conv: &str, agent: &str, how: How<'_>) -> AppResult<bool> {
+    let store = state.store();
+    let now = now_ms();
+    let name = user_name(store, agent).await?;
+    let guard = match how {
+        How::Routed => "state = 'queued' AND offered_to IS NULL",
+        How::Accepted => "state = 'queued' AND offered_to = $2",
+        How::Manual { .. } => "state <> 'closed'",
+        How::Transfer { .. } => "state = 'active' AND agent_id = $4",
+    };
+    let previous = match how {
+        How::Manual { previous, .. } => previous,
+        How::Transfer { previous, .. } => Some(previous),
+        _ => None,
+    };
+    let mut tx = store.write().begin().await?;
+    let sql = format!(
+        "UPDATE conversations SET state = 'active', agent_id = $2, \
+         assigned_at = COALESCE(assigned_at, $3), offered_to = NULL, offer_expires_at = NULL, \
+         pending = 0, updated_at = $3 WHERE id = $1 AND {guard} RETURNING team_id"
+    );
+    let mut q = sqlx::query(&sql).bind(conv).bind(agent).bind(now);
+    if let How::Transfer { previous, .. } = how {
+        q = q.bind(previous);
+    }
+    let row = q.fetch_optional(&mut *tx).await?;
+    let Some(row) = row else {
+        return Ok(false);
+    };
+    let team: Option<String> = row.try_get("team_id")?;
+    if let Some(prev) = previous {
+        sqlx::query(
+            "DELETE FROM conversation_members WHERE conv_id = $1 AND user_id = $2 AND role = 'agent'",
+        )
+        .bind(conv)
+        .bind(prev)
+        .execute(&mut *tx)
+        .await?;
+    }
+    sqlx::query(
+        "INSERT INTO conversation_members (conv_id, user_id, role, last_read_seq, joined_at) \
+         VALUES ($1, $2, 'agent', 0, $3) ON CONFLICT (conv_id, user_id) DO NOTHING",
+    )
+    .bind(conv)
+    .bind(agent)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    let (kind, actor, note, body) = match how {
+        How::Routed => ("assigned", None, None, format!("客服 {name} 为您服务")),
+        How::Accepted => (
+            "accepted",
+            Some(agent),
+            None,
+            format!("客服 {name} 为您服务"),
+        ),
+        How::Manual { actor, previous } => (
+            if previous.is_some() {
+                "reassigned"
+            } else {
+                "assigned"
+            },
+            Some(actor),
+            None,
+            format!("主管已将会话分配给客服 {name}"),
+        ),
+        How::Transfer { actor, note, .. } => (
+            "transferred",
+            Some(actor),
+            note,
+            match note {
+                Some(n) => format!("会话已转接给客服 {name}（备注：{n}）"),
+                None => format!("会话已转接给客服 {name}"),
+            },
+        ),
+    };
+    record(
+        &mut tx,
+        conv,
+        kind,
+        team.as_deref(),
+        Some(agent),
+        actor,
+        note,
+        now,
+    )
+    .await?;
+    let msg = messages::insert_system_message(&mut tx, conv, &body, now).await?;
+    tx.commit().await?;
+    if let Some(prev) = previous {
+        state.fanout().members_removed(conv, vec![prev.to_string()]);
+    }
+    state.members_added(conv, vec![agent.to_string()]);
+    deliver_message(state, &msg);
+    announce(state, conv, previous.as_slice()).await?;
+    presence_changed(state, agent).await?;
+    if let Some(prev) = previous {
+        presence_changed(state, prev).await?;
+    }
+    Ok(true)
+}
+
+// ---------------------------------------------------------------------------
+// Presence.
+
+/// A staff connection opened on this node.
+pub async fn staff_connected(state: &AppState, user: &UserRef) -> AppResult<()> {
+    let status = {
+        let mut local = state.dispatcher().local.lock().expect("local lock");
+        let entry = local
+            .entry(user.id.clone())
+            .or_insert((PresenceStatus::Offline, 0));
+        entry.1 += 1;
+        entry.0
+    };
+    let now = now_ms();
+    state
+        .dispatcher()
+        .engine()
+        .heartbeat(&[(user.id.clone(), status)], now)
+        .await?;
+    // Back after a drop: if the agent's declared status was online, its teams
+    // may have waited for it.
+    let live = state
+        .dispatcher()
+        .engine()
+        .agents(std::slice::from_ref(&user.id), now)
+        .await?;
+    if let Some(a) = live.first() {
+        state
+            .dispatcher()
+            .local
+            .lock()
+            .expect("local lock")
+            .entry(user.id.clone())
+            .and_modify(|e| e.0 = a.status);
+        if a.status == PresenceStatus::Online {
+            drain_teams_of(state, &user.id).await?;
+        }
+    }
+    Ok(())
+}
+
+/// A staff connection on this node closed. When its last one closes, the
+/// agent stops being refreshed and counts as offline after
+/// [`engine::LIVE_MS`]; supervisors are told then.
+pub fn staff_disconnected(state: &AppState, user: &str) {
+    let last = {
+        let mut local = state.dispatcher().local.lock().expect("local lock");
+        match local.get_mut(user) {
+            Some(entry) if entry.1 > 1 => {
+                entry.1 -= 1;
+                false
+            }
+            Some(_) => {
+                local.remove(user);
+                true
+            }
+            None => false,
+        }
+    };
+    if !last {
+        return;
+    }
+    let state2 = state.clone();
+    let user = user.to_string();
+    let cancel = state.shutdown_token().clone();
+    state.tracker().spawn(async move {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(engine::LIVE_MS as u64 + 1000)) => {}
+        }
+        if state2.registry().is_connected(&user) {
+            return;
+        }
+        if let Err(e) = presence_changed(&state2, &user).await {
+            e.log();
+        }
+    });
+}
+
+/// Tells the agent's other tabs and its teams' watchers its status and load.
+async fn presence_changed(state: &AppState, agent: &str) -> AppResult<()> {
+    let live = state
+        .dispatcher()
+        .engine()
+        .agents(&[agent.to_string()], now_ms())
+        .await?;
+    let Some(a) = live.first() else {
+        return Ok(());
+    };
+    let frame = ServerFrame::Presence {
+        user: a.id.clone(),
+        status: a.status,
+        load: Some(a.load),
+    };
+    state.deliver_frame(Target::User(a.id.clone()), Exclude::Nobody, &frame);
+    for team in teams::teams_of(state.store(), agent).await? {
+        state.deliver_frame(Target::Watch(team), Exclude::Nobody, &frame);
+    }
+    Ok(())
+}
+
+/// The `presence` frame.
+pub async fn presence(state: &AppState, user: &UserRef, status: PresenceStatus) -> AppResult<()> {
+    if !user.role.is_staff() {
+        return Err(AppError::forbidden("only staff set a presence status"));
+    }
+    if let Some(e) = state
+        .dispatcher()
+        .local
+        .lock()
+        .expect("local lock")
+        .get_mut(&user.id)
+    {
+        e.0 = status;
+    }
+    state
+        .dispatcher()
+        .engine()
+        .presence(&user.id, status, now_ms())
+        .await?;
+    presence_changed(state, &user.id).await?;
+    if status == PresenceStatus::Online {
+        drain_teams_of(state, &user.id).await?;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Accept, transfer, close, rate, assign.
+
+/// The `accept` frame: the agent takes the conversation offered to it.
+pub async fn accept(state: &AppState, user: &UserRef, conv: &str) -> AppResult<()> {
+    if !user.role.is_staff() {
+        return Err(AppError::forbidden("only agents accept conversations"));
+    }
+    let svc = load_service(state.store(), conv).await?;
+    if svc.offered_to.as_deref() != Some(user.id.as_str()) {
+        return Err(AppError::conflict(
+            "this conversation is not offered to you (the offer may have expired)",
+        ));
+    }
+    if !state.dispatcher().engine().accept(conv, &user.id).await? {
+        return Err(AppError::conflict(
+            "this conversation is not offered to you (the offer may have expired)",
+        ));
+    }
+    if !activate(state, conv, &user.id, How::Accepted).await? {
+        state.dispatcher().engine().release(&user.id, conv).await?;
+        return Err(AppError::conflict("the conversation was closed meanwhile"));
+    }
+    Ok(())
+}
+
+fn refusal_error(r: Refusal, agent: &str) -> AppError {
+    match r {
+        Refusal::Full => AppError::conflict(format!("agent {agent} is at max concurrency")),
+        Refusal::Offline => AppError::conflict(format!("agent {agent} is not online")),
+        Refusal::NotWaiting => {
+            AppError::conflict("the conversation is no longer waiting in its queue")
+        }
+        Refusal::UnknownAgent => {
+            AppError::bad_request(format!("{agent} is not an agent of any team"))
+        }
+    }
+}
+
+/// The `transfer` frame.
+pub async fn transfer(
+    state: &AppState,
+    user: &UserRef,
+    conv: &str,
+    to_agent: Option<&str>,
+    to_team: Option<&str>,
+    note: Option<&str>,
+) -> AppResult<()> {
+    if !user.role.is_staff() {
+        return Err(AppError::forbidden("only agents and supervisors transfer"));
+    }
+    let note = note.map(str::trim).filter(|n| !n.is_empty());
+    if note.is_some_and(|n| n.chars().count() > MAX_NOTE_CHARS) {
+        return Err(AppError::bad_request(format!(
+            "note must be at most {MAX_NOTE_CHARS} characters"
+        )));
+    }
+    let svc = load_service(state.store(), conv).await?;
+    let is_agent = svc.agent.as_deref() == Some(user.id.as_str());
+    if !is_agent && !user.role.is_supervisor() {
+        return Err(AppError::forbidden(
+            "only the conversation's agent or a supervisor may transfer it",
+        ));
+    }
+    if svc.state != ConversationState::Active {
+        return Err(AppError::conflict(
+            "only an active conversation can be transferred",
+        ));
+    }
+    let previous = svc
+        .agent
+        .clone()
+        .ok_or_else(|| AppError::internal("active service conversation without agent"))?;
+    let d = state.dispatcher();
+    let now = now_ms();
+    match (to_agent, to_team) {
+        (Some(agent), None) => {
+            if agent == previous {
+                return Err(AppError::bad_request(
+                    "the conversation is already with this agent",
+                ));
+            }
+            d.engine()
+                .assign(conv, agent, None, Some(&previous), true, now)
+                .await?
+                .map_err(|r| refusal_error(r, agent))?;
+            let how = How::Transfer {
+                actor: &user.id,
+                previous: &previous,
+                note,
+            };
+            if !activate(state, conv, agent, how).await? {
+                // Closed meanwhile: the close released `previous` already.
+                d.engine().release(agent, conv).await?;
+                return Err(AppError::conflict("the conversation was closed meanwhile"));
+            }
+            drain_teams_of(state, &previous).await?;
+            Ok(())
+        }
+        (None, Some(team_id)) => {
+            let entry = team_entry(state, team_id)
+                .await?
+                .filter(|e| e.team.enabled)
+                .ok_or_else(|| AppError::not_found("no such team"))?;
+            let team = &entry.team;
+            let skills = team.skills_for(None);
+            let mut tx = state.store().write().begin().await?;
+            let done = sqlx::query(
+                "UPDATE conversations SET state = 'queued', team_id = $2, agent_id = NULL, \
+                 queued_at = $3, priority = 1, pending = 0, skills = $5, updated_at = $3 \
+                 WHERE id = $1 AND state = 'active' AND agent_id = $4",
+            )
+            .bind(conv)
+            .bind(&team.id)
+            .bind(now)
+            .bind(&previous)
+            .bind(serde_json::to_string(&skills).expect("skills serialize"))
+            .execute(&mut *tx)
+            .await?;
+            if done.rows_affected() == 0 {
+                return Err(AppError::conflict("the conversation changed meanwhile"));
+            }
+            sqlx::query(
+                "DELETE FROM conversation_members WHERE conv_id = $1 AND user_id = $2 AND role = 'agent'",
+            )
+            .bind(conv)
+            .bind(&previous)
+            .execute(&mut *tx)
+            .await?;
+            record(
+                &mut tx,
+                conv,
+                "transferred",
+                Some(&team.id),
+                None,
+                Some(&user.id),
+                note,
+                now,
+            )
+            .await?;
+            let body = match note {
+                Some(n) => format!("会话已转接至「{}」，请稍候（备注：{n}）", team.name),
+                None => format!("会话已转接至「{}」，请稍候", team.name),
+            };
+            let msg = messages::insert_system_message(&mut tx, conv, &body, now).await?;
+            tx.commit().await?;
+            d.engine().release(&previous, conv).await?;
+            state.fanout().members_removed(conv, vec![previous.clone()]);
+            deliver_message(state, &msg);
+            announce(state, conv, &[&previous]).await?;
+            presence_changed(state, &previous).await?;
+            let ticket = Ticket {
+                conv: conv.to_string(),
+                team: team.id.clone(),
+                priority: 1,
+                queued_at: now,
+                skills,
+            };
+            let assignments = d
+                .engine()
+                .drain(&team.plan(now), Some(&ticket), now, DRAIN_MAX)
+                .await?;
+            apply(state, assignments).await?;
+            d.touch(&team.id);
+            drain_teams_of(state, &previous).await?;
+            Ok(())
+        }
+        _ => Err(AppError::bad_request(
+            "give exactly one of to_agent and to_team",
+        )),
+    }
+}
+
+/// Closes a service conversation. `actor` is `None` for the idle auto-close.
+async fn close_conversation(
+    state: &AppState,
+    svc: &Service,
+    actor: Option<&str>,
+) -> AppResult<bool> {
+    let now = now_ms();
+    let mut tx = state.store().write().begin().await?;
+    let done = sqlx::query(
+        "UPDATE conversations SET state = 'closed', closed_at = $2, closed_by = $3, \
+         offered_to = NULL, offer_expires_at = NULL, pending = 0, updated_at = $2 \
+         WHERE id = $1 AND state <> 'closed'",
+    )
+    .bind(&svc.id)
+    .bind(now)
+    .bind(actor.unwrap_or("system"))
+    .execute(&mut *tx)
+    .await?;
+    if done.rows_affected() == 0 {
+        return Ok(false);
+    }
+    record(
+        &mut tx,
+        &svc.id,
+        "closed",
+        svc.team.as_deref(),
+        svc.agent.as_deref(),
+        actor,
+        None,
+        now,
+    )
+    .await?;
+    let body = match actor {
+        None => "会话因长时间无消息已自动结束",
+        Some(a) if Some(a) == svc.customer.as_deref() => "客户已结束会话",
+        Some(_) => "会话已结束",
+    };
+    let msg = messages::insert_system_message(&mut tx, &svc.id, body, now).await?;
+    tx.commit().await?;
+    let d = state.dispatcher();
+    match (&svc.agent, &svc.offered_to, &svc.team) {
+        (Some(agent), _, _) | (None, Some(agent), _) => d.engine().release(agent, &svc.id).await?,
+        (None, None, Some(team)) => {
+            d.engine().dequeue(team, &svc.id).await?;
+        }
+        _ => {}
+    }
+    deliver_message(state, &msg);
+    announce(state, &svc.id, &[]).await?;
+    if let Some(customer) = &svc.customer {
+        state.deliver_frame(
+            Target::User(customer.clone()),
+            Exclude::Nobody,
+            &ServerFrame::RateRequest {
+                conv: svc.id.clone(),
+            },
+        );
+    }
+    if let Some(agent) = svc.agent.as_ref().or(svc.offered_to.as_ref()) {
+        presence_changed(state, agent).await?;
+        drain_teams_of(state, agent).await?;
+    }
+    if let Some(team) = &svc.team {
+        d.touch(team);
+    }
+    Ok(true)
+}
+
+/// The `close` frame.
+pub async fn close(state: &AppState, user: &UserRef, conv: &str) -> AppResult<()> {
+    let svc = load_service(state.store(), conv).await?;
+    let allowed = svc.customer.as_deref() == Some(user.id.as_str())
+        || svc.agent.as_deref() == Some(user.id.as_str())
+        || user.role.is_supervisor();
+    if !allowed {
+        return Err(AppError::not_found("no such conversation"));
+    }
+    if svc.state == ConversationState::Closed {
+        return Err(AppError::conflict("this conversation is already closed"));
+    }
+    if !close_conversation(state, &svc, Some(&user.id)).await? {
+        return Err(AppError::conflict("this conversation is already closed"));
+    }
+    Ok(())
+}
+
+/// The `rate` frame: the customer rates a closed conversation, once.
+pub async fn rate(
+    state: &AppState,
+    user: &UserRef,
+    conv: &str,
+    score: u8,
+    comment: Option<&str>,
+) -> AppResult<()> {
+    let svc = load_service(state.store(), conv).await?;
+    if svc.customer.as_deref() != Some(user.id.as_str()) {
+        return Err(if user.role == Role::Customer {
+            AppError::not_found("no such conversation")
+        } else {
+            AppError::forbidden("only the customer rates a conversation")
+        });
+    }
+    if !(1..=5).contains(&score) {
+        return Err(AppError::bad_request("score must be 1 to 5"));
+    }
+    let comment = comment.map(str::trim).filter(|c| !c.is_empty());
+    if comment.is_some_and(|c| c.chars().count() > MAX_COMMENT_CHARS) {
+        return Err(AppError::bad_request(format!(
+            "comment must be at most {MAX_COMMENT_CHARS} characters"
+        )));
+    }
+    if svc.state != ConversationState::Closed {
+        return Err(AppError::conflict(
+            "a conversation can be rated once it is closed",
+        ));
+    }
+    let now = now_ms();
+    let mut tx = state.store().write().begin().await?;
+    let inserted = sqlx::query(
+        "INSERT INTO ratings (conv_id, customer_id, agent_id, team_id, score, comment, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(conv)
+    .bind(&user.id)
+    .bind(&svc.agent)
+    .bind(&svc.team)
+    .bind(i64::from(score))
+    .bind(comment)
+    .bind(now)
+    .execute(&mut *tx)
+    .await;
+    match inserted {
+        Err(e) if is_unique_violation(&e) => {
+            return Err(AppError::conflict("this conversation was already rated"))
+        }
+        r => {
+            r?;
+        }
+    }
+    record(
+        &mut tx,
+        conv,
+        "rated",
+        svc.team.as_deref(),
+        svc.agent.as_deref(),
+        Some(&user.id),
+        Some(&score.to_string()),
+        now,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// The `assign` frame: a supervisor gives a queued or active conversation to
+/// an agent (capacity still holds).
+pub async fn assign(state: &AppState, user: &UserRef, conv: &str, agent: &str) -> AppResult<()> {
+    if !user.role.is_supervisor() {
+        return Err(AppError::forbidden("only supervisors assign conversations"));
+    }
+    let svc = load_service(state.store(), conv).await?;
+    let d = state.dispatcher();
+    let now = now_ms();
+    let (from_queue, previous) = match svc.state {
+        ConversationState::Closed => {
+            return Err(AppError::conflict("this conversation is closed"));
+        }
+        ConversationState::Active => (None, svc.agent.clone()),
+        ConversationState::Queued if svc.offered_to.is_some() => (None, svc.offered_to.clone()),
+        ConversationState::Queued if svc.pending => (None, None),
+        ConversationState::Queued => (svc.team.clone(), None),
+    };
+    if previous.as_deref() == Some(agent) && svc.state == ConversationState::Active {
+        return Err(AppError::bad_request(
+            "the conversation is already with this agent",
+        ));
+    }
+    d.engine()
+        .assign(
+            conv,
+            agent,
+            from_queue.as_deref(),
+            previous.as_deref(),
+            false,
+            now,
+        )
+        .await?
+        .map_err(|r| refusal_error(r, agent))?;
+    let prev_member = if svc.state == ConversationState::Active {
+        previous.as_deref()
+    } else {
+        None
+    };
+    let how = How::Manual {
+        actor: &user.id,
+        previous: prev_member,
+    };
+    if !activate(state, conv, agent, how).await? {
+        d.engine().release(agent, conv).await?;
+        return Err(AppError::conflict("the conversation was closed meanwhile"));
+    }
+    if let Some(team) = &svc.team {
+        d.touch(team);
+    }
+    if let Some(prev) = &previous {
+        if prev != agent {
+            drain_teams_of(state, prev).await?;
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Overflow, left messages, idle close.
+
+/// A conversation left its queue by a queue rule: to the fallback team, or
+/// it waits as a left message.
+async fn overflow(state: &AppState, team: &Team, conv: &str, why: &str) -> AppResult<()> {
+    let now = now_ms();
+    let fallback = match &team.fallback_team {
+        Some(f) => team_entry(state, f).await?,
+        None => None,
+    };
+    let svc = load_service(state.store(), conv).await?;
+    let mut tx = state.store().write().begin().await?;
+    let (to_team, pending) = match &fallback {
+        Some(f) => (f.team.id.clone(), false),
+        None => (team.id.clone(), true),
+    };
+    let skills = match &fallback {
+        Some(f) => f.team.skills_for(None),
+        None => svc.skills.clone(),
+    };
+    let done = sqlx::query(
+        "UPDATE conversations SET team_id = $2, pending = $3, skills = $4, updated_at = $5 \
+         WHERE id = $1 AND state = 'queued' AND offered_to IS NULL",
+    )
+    .bind(conv)
+    .bind(&to_team)
+    .bind(i64::from(pending))
+    .bind(serde_json::to_string(&skills).expect("skills serialize"))
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    if done.rows_affected() == 0 {
+        return Ok(());
+    }
+    record(
+        &mut tx,
+        conv,
+        if pending {
+            "left_message"
+        } else {
+            "overflowed"
+        },
+        Some(&to_team),
+        None,
+        None,
+        Some(why),
+        now,
+    )
+    .await?;
+    tx.commit().await?;
+    state.dispatcher().touch(&team.id);
+    if let Some(customer) = &svc.customer {
+        if pending {
+            notice(
+                state,
+                customer,
+                NoticeLevel::Info,
+                "left_message",
+                "客服正忙，您的消息已作为留言保存，客服会尽快回复。All agents are busy; your conversation is kept as a message and we will reply as soon as we can.",
+            );
+        }
+    }
+    announce(state, conv, &[]).await?;
+    if let Some(f) = fallback {
+        let ticket = Ticket {
+            conv: conv.to_string(),
+            team: f.team.id.clone(),
+            priority: svc.priority,
+            queued_at: svc.queued_at.unwrap_or(now),
+            skills,
+        };
+        let assignments = state
+            .dispatcher()
+            .engine()
+            .drain(&f.team.plan(now), Some(&ticket), now, DRAIN_MAX)
+            .await?;
+        apply(state, assignments).await?;
+        state.dispatcher().touch(&f.team.id);
+    }
+    Ok(())
+}
+
+/// Left messages join their team's live queue once the team can serve.
+async fn pick_up_left_messages(state: &AppState, now: i64) -> AppResult<()> {
+    let rows = sqlx::query(
+        "SELECT DISTINCT team_id FROM conversations WHERE kind = 'service' AND state = 'queued' \
+         AND pending = 1 AND team_id IS NOT NULL",
+    )
+    .fetch_all(state.store().read())
+    .await?;
+    for r in rows {
+        let team: String = r.try_get("team_id")?;
+        let Some(entry) = team_entry(state, &team).await? else {
+            continue;
+        };
+        if !can_serve(state, &entry, now).await? {
+            continue;
+        }
+        let convs = sqlx::query(
+            "SELECT id FROM conversations WHERE team_id = $1 AND kind = 'service' \
+             AND state = 'queued' AND pending = 1 ORDER BY queued_at LIMIT 100",
+        )
+        .bind(&team)
+        .fetch_all(state.store().read())
+        .await?;
+        for c in convs {
+            let id: String = c.try_get("id")?;
+            let done = sqlx::query(
+                "UPDATE conversations SET pending = 0, updated_at = $2 WHERE id = $1 \
+                 AND state = 'queued' AND pending = 1",
+            )
+            .bind(&id)
+            .bind(now)
+            .execute(state.store().write())
+            .await?;
+            if done.rows_affected() == 0 {
+                continue;
+            }
+            let svc = load_service(state.store(), &id).await?;
+            if let Some(ticket) = svc.ticket() {
+                let a = state
+                    .dispatcher()
+                    .engine()
+                    .drain(&entry.team.plan(now), Some(&ticket), now, DRAIN_MAX)
+                    .await?;
+                apply(state, a).await?;
+            }
+            announce(state, &id, &[]).await?;
+        }
+        state.dispatcher().touch(&team);
+    }
+    Ok(())
+}
+
+async fn auto_close_idle(state: &AppState, now: i64) -> AppResult<()> {
+    let idle_s = state.config().limits.idle_close_s;
+    if idle_s == 0 {
+        return Ok(());
+    }
+    let cutoff = now - (idle_s as i64) * 1000;
+    let rows = sqlx::query(
+        "SELECT id FROM conversations WHERE kind = 'service' AND state = 'active' \
+         AND updated_at < $1 ORDER BY updated_at LIMIT 100",
+    )
+    .bind(cutoff)
+    .fetch_all(state.store().read())
+    .await?;
+    for r in rows {
+        let id: String = r.try_get("id")?;
+        let svc = load_service(state.store(), &id).await?;
+        close_conversation(state, &svc, None).await?;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Queue positions and the supervisors' view.
+
+/// A team's waiting conversations, with customers, for supervisors.
+async fn team_queue(state: &AppState, team: &str) -> AppResult<TeamQueue> {
+    let waiting = state.dispatcher().engine().queue(team).await?;
+    let mut customers: HashMap<String, String> = HashMap::new();
+    for chunk in waiting.chunks(500) {
+        let ph: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "SELECT id, customer_id FROM conversations WHERE id IN ({})",
+            ph.join(", ")
+        );
+        let mut q = sqlx::query(&sql);
+        for w in chunk {
+            q = q.bind(&w.conv);
+        }
+        for r in q.fetch_all(state.store().read()).await? {
+            let customer: Option<String> = r.try_get("customer_id")?;
+            customers.insert(r.try_get("id")?, customer.unwrap_or_default());
+        }
+    }
+    Ok(TeamQueue {
+        team: team.to_string(),
+        waiting: waiting
+            .into_iter()
+            .enumerate()
+            .map(|(i, w)| QueuedConversation {
+                customer: customers.get(&w.conv).cloned().unwrap_or_default(),
+                conv: w.conv,
+                position: i as u32 + 1,
+                since: w.queued_at,
+            })
+            .collect(),
+    })
+}
+
+/// Sends every waiting customer of a team its position and estimate, and the
+/// team's watchers the queue.
+async fn announce_queue(state: &AppState, team: &str) -> AppResult<()> {
+    let Some(entry) = team_entry(state, team).await? else {
+        return Ok(());
+    };
+    let now = now_ms();
+    let queue = team_queue(state, team).await?;
+    let capacity: u32 = state
+        .dispatcher()
+        .engine()
+        .agents(&entry.agents, now)
+        .await?
+        .iter()
+        .filter(|a| a.status == PresenceStatus::Online)
+        .map(|a| a.capacity)
+        .sum();
+    for w in &queue.waiting {
+        let eta_s = state
+            .dispatcher()
+            .eta
+            .eta_s(state.store(), team, w.position as usize, capacity, now)
+            .await?;
+        state.deliver_frame(
+            Target::Conv(w.conv.clone()),
+            Exclude::Nobody,
+            &ServerFrame::Queue {
+                conv: w.conv.clone(),
+                position: w.position,
+                eta_s,
+            },
+        );
+    }
+    state.deliver_frame(
+        Target::Watch(team.to_string()),
+        Exclude::Nobody,
+        &ServerFrame::QueueUpdate { queue },
+    );
+    Ok(())
+}
+
+/// The `watch` frame: the snapshot; the connection then receives deltas.
+pub async fn watch(
+    state: &AppState,
+    user: &UserRef,
+    conn: &str,
+    which: WatchTeams,
+) -> AppResult<WatchSnapshot> {
+    if !user.role.is_supervisor() {
+        return Err(AppError::forbidden("only supervisors watch queues"));
+    }
+    let all = teams::list(state.store()).await?;
+    let (ids, keys): (Vec<String>, Vec<String>) = match which {
+        WatchTeams::All(_) => (
+            all.iter().map(|t| t.id.clone()).collect(),
+            vec![ALL_TEAMS.to_string()],
+        ),
+        WatchTeams::List(list) => {
+            if list.is_empty() || list.len() > 100 {
+                return Err(AppError::bad_request(
+                    "teams: 1 to 100 team ids, or \"all\"",
+                ));
+            }
+            if let Some(bad) = list.iter().find(|id| !all.iter().any(|t| &t.id == *id)) {
+                return Err(AppError::not_found(format!("no such team {bad}")));
+            }
+            (list.clone(), list)
+        }
+    };
+    state.registry().watch(conn, &keys);
+    let now = now_ms();
+    let mut queues = Vec::with_capacity(ids.len());
+    let mut agent_ids: Vec<String> = Vec::new();
+    for id in &ids {
+        queues.push(team_queue(state, id).await?);
+        if let Some(entry) = team_entry(state, id).await? {
+            agent_ids.extend(entry.agents);
+        }
+    }
+    agent_ids.sort();
+    agent_ids.dedup();
+    let agents = state
+        .dispatcher()
+        .engine()
+        .agents(&agent_ids, now)
+        .await?
+        .into_iter()
+        .map(|a| AgentState {
+            user: a.id,
+            status: a.status,
+            load: a.load,
+            capacity: a.capacity,
+            since: a.since,
+        })
+        .collect();
+    Ok(WatchSnapshot { queues, agents })
+}
+
+// ---------------------------------------------------------------------------
+// Configuration changes that affect routing.
+
+/// After a team's settings or members changed on this node: refresh the
+/// engine's view and drain the queue (capacity may have grown).
+pub async fn team_changed(state: &AppState, team: &str) -> AppResult<()> {
+    let d = state.dispatcher();
+    d.invalidate(team);
+    let members = teams::members(state.store(), team).await?;
+    let agents: Vec<String> = members
+        .iter()
+        .filter(|m| m.role == "agent")
+        .map(|m| m.user.clone())
+        .collect();
+    for m in &members {
+        agent_changed_quiet(state, &m.user).await?;
+    }
+    d.engine().set_members(team, agents).await?;
+    drain(state, team).await?;
+    d.touch(team);
+    Ok(())
+}
+
+async fn agent_changed_quiet(state: &AppState, user: &str) -> AppResult<()> {
+    let row = sqlx::query("SELECT skills FROM users WHERE id = $1")
+        .bind(user)
+        .fetch_optional(state.store().read())
+        .await?;
+    let Some(row) = row else {
+        return Ok(());
+    };
+    let skills: Vec<Skill> =
+        serde_json::from_str(&row.try_get::<String, _>("skills")?).unwrap_or_default();
+    let capacity = teams::capacity_of(state.store(), user).await?;
+    state
+        .dispatcher()
+        .engine()
+        .set_agent(AgentSpec {
+            id: user.to_string(),
+            capacity,
+            skills,
+        })
+        .await
+}
+
+/// After an agent's skills or max concurrency changed.
+pub async fn agent_changed(state: &AppState, user: &str) -> AppResult<()> {
+    agent_changed_quiet(state, user).await?;
+    presence_changed(state, user).await?;
+    drain_teams_of(state, user).await
+}
