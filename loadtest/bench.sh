@@ -24,7 +24,13 @@ pg_admin="${TEST_DATABASE_URL:-postgres://postgres:postgres@127.0.0.1:5432/postg
 ulimit -n "$(ulimit -Hn)"
 
 server_pid=""
+second_pid=""
 stop_server() {
+    if [[ -n "$second_pid" ]]; then
+        kill -TERM "$second_pid" 2>/dev/null || true
+        wait "$second_pid" 2>/dev/null || true
+        second_pid=""
+    fi
     if [[ -n "$server_pid" ]]; then
         kill -TERM "$server_pid" 2>/dev/null || true
         wait "$server_pid" 2>/dev/null || true
@@ -60,6 +66,19 @@ start_server() {
     exit 1
 }
 
+# start_second : a second node of the running server's cluster (same
+# database and Redis), on the next port.
+start_second() {
+    SWITCHBOARD_ADDR="127.0.0.1:$((port + 1))" "$bin/switchboard" &
+    second_pid=$!
+    for _ in $(seq 1 100); do
+        curl -fs "http://127.0.0.1:$((port + 1))/readyz" >/dev/null 2>&1 && return 0
+        sleep 0.1
+    done
+    echo "second node did not start" >&2
+    exit 1
+}
+
 lt() {
     local name="$1"
     shift
@@ -82,9 +101,15 @@ bench_chat_sqlite_10k() { start_server sqlite; lt chat_sqlite_10k chat --pairs 1
 bench_chat_pg_10k() { start_server pg; lt chat_pg_10k chat --pairs 100 --rate 50 --duration-s 10; }
 bench_chat_sqlite() { start_server sqlite; lt chat_sqlite chat --pairs 200 --rate 100 --duration-s 10; }
 bench_chat_pg() { start_server pg; lt chat_pg chat --pairs 200 --rate 100 --duration-s 10; }
+bench_dispatch_sqlite() { start_server sqlite; lt dispatch_sqlite dispatch --agents 10 --consults 5000; }
+bench_dispatch_pg2() {
+    start_server pg
+    start_second
+    lt dispatch_pg2 dispatch --agents 10 --consults 5000 --second-target "http://127.0.0.1:$((port + 1))"
+}
 bench_storm() { start_server sqlite; lt storm storm --clients 1000 --rounds 3 --hold-ms 0; }
 
-all=(fanout_5000 fanout_1000 fanout_100 paced_1000 idle_1k idle_10k idle_19k chat_sqlite_10k chat_pg_10k chat_sqlite chat_pg storm)
+all=(fanout_5000 fanout_1000 fanout_100 paced_1000 idle_1k idle_10k idle_19k chat_sqlite_10k chat_pg_10k chat_sqlite chat_pg storm dispatch_sqlite dispatch_pg2)
 for name in "${@:-${all[@]}}"; do
     "bench_$name"
 done

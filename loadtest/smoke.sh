@@ -12,9 +12,7 @@
 #
 # The server must run with its rate limit raised
 # (SWITCHBOARD_RATE_PER_SEC=1000000 SWITCHBOARD_RATE_BURST=1000000).
-# Exits non-zero on the first failing scenario. `dispatch` is expected to
-# exit 3 ("dispatch is not available") until the dispatch release; exit 0
-# is accepted as well, for when it lands.
+# Exits non-zero on the first failing scenario.
 set -euo pipefail
 
 : "${LOADTEST_TARGET:?set LOADTEST_TARGET to the server URL}"
@@ -71,24 +69,9 @@ if "$LOADTEST_BIN" connections --count 1 --target http://192.0.2.1:8080 2>/dev/n
 fi
 
 echo "--- smoke: dispatch"
-set +e
-out="$(timeout "$limit" "$LOADTEST_BIN" dispatch --agents 2 --consults 5 "${pid_args[@]}" 2>&1)"
-status=$?
-set -e
-echo "$out"
-case "$status" in
-    0) ;;
-    3)
-        if [[ "$out" != *"unavailable"* ]]; then
-            echo "smoke: FAILED: dispatch exited 3 without saying why" >&2
-            exit 1
-        fi
-        echo "smoke: dispatch is not available on this server yet (expected)"
-        ;;
-    *)
-        echo "smoke: FAILED: dispatch exited $status" >&2
-        exit 1
-        ;;
-esac
+if ! timeout "$limit" "$LOADTEST_BIN" dispatch --agents 2 --consults 5 "${pid_args[@]}"; then
+    echo "smoke: FAILED: dispatch" >&2
+    exit 1
+fi
 
 echo "smoke: all scenarios passed"

@@ -435,7 +435,8 @@ async fn admins_create_staff_and_staff_page_through_users() {
         assert_eq!(user["role"], role);
         assert_eq!(user["username"], username);
         assert_eq!(user["name"], format!("{username} 名"));
-        assert_eq!(user["skills"], json!(["billing"]));
+        // A bare skill name means level 1; users show skills as objects.
+        assert_eq!(user["skills"], json!([{"name": "billing", "level": 1}]));
         assert_eq!(user["max_concurrency"], 4);
         assert_eq!(user["temporary"], false);
         let obj = user.as_object().unwrap();
@@ -1112,6 +1113,21 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/conversations/{id}"),
     ("get", "/api/v1/conversations/{id}/messages"),
     ("get", "/api/v1/conversations/{id}/members"),
+    ("get", "/api/v1/conversations/{id}/events"),
+    ("post", "/api/v1/teams"),
+    ("get", "/api/v1/teams"),
+    ("get", "/api/v1/teams/{id}"),
+    ("patch", "/api/v1/teams/{id}"),
+    ("get", "/api/v1/teams/{id}/members"),
+    ("post", "/api/v1/teams/{id}/members"),
+    ("delete", "/api/v1/teams/{id}/members/{user}"),
+    ("get", "/api/v1/teams/{id}/queue"),
+    ("patch", "/api/v1/users/{id}"),
+    ("post", "/api/v1/customer-teams"),
+    ("get", "/api/v1/customer-teams"),
+    ("delete", "/api/v1/customer-teams/{id}"),
+    ("get", "/api/v1/assignments"),
+    ("post", "/api/v1/assignments"),
 ];
 
 const METHODS: &[&str] = &[

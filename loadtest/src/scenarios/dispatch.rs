@@ -53,6 +53,10 @@ pub(crate) struct DispatchArgs {
     /// Give up waiting for assignments after this many seconds without progress.
     #[arg(long, default_value_t = 10.0)]
     drain_timeout_s: f64,
+    /// A second node of the same cluster (loopback): agents and customers
+    /// alternate between the two targets, so assignments cross nodes.
+    #[arg(long)]
+    second_target: Option<String>,
 }
 
 /// When a conversation's consult was sent and when it was assigned.
@@ -123,6 +127,23 @@ async fn measure(ctx: &Ctx, args: &DispatchArgs) -> anyhow::Result<Report> {
         report.note(note);
     }
     let rest = ctx.rest().await?;
+    // Connectors by index: with a second node, even indexes use the first.
+    let connectors: Vec<Arc<crate::net::Connector>> = match &args.second_target {
+        None => vec![ctx.connector.clone()],
+        Some(t) => {
+            let addr = crate::target::loopback_target(t)?;
+            let (_, ws_url) = crate::target::urls(addr);
+            report.param("second_target", t.clone());
+            vec![
+                ctx.connector.clone(),
+                Arc::new(crate::net::Connector::new(
+                    addr,
+                    ws_url,
+                    ctx.connector.sources(),
+                )),
+            ]
+        }
+    };
     let mut agents = Vec::with_capacity(a);
     for i in 0..a {
         agents.push(rest.staff("agent", i).await?);
@@ -169,9 +190,9 @@ async fn measure(ctx: &Ctx, args: &DispatchArgs) -> anyhow::Result<Report> {
 
     // Agents: connect, go online (the first place `unavailable` shows).
     let mut agent_tasks = Vec::with_capacity(a);
-    for agent in &agents {
-        let (mut ws, _) =
-            client::connect_authed(&ctx.connector, &agent.token, &shared.stats).await?;
+    for (i, agent) in agents.iter().enumerate() {
+        let connector = &connectors[i % connectors.len()];
+        let (mut ws, _) = client::connect_authed(connector, &agent.token, &shared.stats).await?;
         let presence = ClientFrame::Presence {
             req: Some(2),
             status: PresenceStatus::Online,
@@ -200,10 +221,10 @@ async fn measure(ctx: &Ctx, args: &DispatchArgs) -> anyhow::Result<Report> {
     let slots = Arc::new(Semaphore::new(args.concurrency.max(1)));
     let started = Instant::now();
     let mut customer_tasks = Vec::with_capacity(n);
-    for account in accounts {
+    for (i, account) in accounts.into_iter().enumerate() {
         let shared = shared.clone();
         let slots = slots.clone();
-        let connector = ctx.connector.clone();
+        let connector = connectors[i % connectors.len()].clone();
         let team = team.clone();
         let mut stopped = stopped.clone();
         customer_tasks.push(tokio::spawn(async move {
@@ -371,7 +392,10 @@ async fn agent_loop(ws: Ws, me: String, shared: Arc<Shared>, mut stopped: watch:
             continue;
         };
         match *frame {
-            ServerFrame::Conversation { conv } if conv.agent.as_deref() == Some(me.as_str()) => {
+            ServerFrame::Conversation { conv }
+                if conv.agent.as_deref() == Some(me.as_str())
+                    || conv.offered_to.as_deref() == Some(me.as_str()) =>
+            {
                 match conv.state {
                     ConversationState::Active if taken.insert(conv.id.clone()) => {
                         let now = Instant::now();
@@ -387,7 +411,9 @@ async fn agent_loop(ws: Ws, me: String, shared: Arc<Shared>, mut stopped: watch:
                             break;
                         }
                     }
-                    ConversationState::Queued => {
+                    ConversationState::Queued
+                        if conv.offered_to.as_deref() == Some(me.as_str()) =>
+                    {
                         shared.accepts.fetch_add(1, Ordering::Relaxed);
                         next_req += 1;
                         let accept = ClientFrame::Accept {

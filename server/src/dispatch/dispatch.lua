@@ -67,7 +67,6 @@ if op == 'rebuild' then
   for _, a in ipairs(snap.agents) do
     redis.call('SADD', key('agents'), a[1])
     redis.call('HSET', key('agent', a[1]), 'cap', a[2], 'skills', a[3], 'load', a[4])
-    redis.call('HSETNX', key('agent', a[1]), 'status', 'offline')
     redis.call('HSETNX', key('agent', a[1]), 'since', 0)
   end
   for _, m in ipairs(snap.members) do
@@ -100,7 +99,6 @@ if op == 'set_agent' then
   redis.call('SADD', key('agents'), ARGV[3])
   redis.call('HSET', a, 'cap', ARGV[4], 'skills', ARGV[5])
   redis.call('HSETNX', a, 'load', 0)
-  redis.call('HSETNX', a, 'status', 'offline')
   redis.call('HSETNX', a, 'since', 0)
   return 1
 end
@@ -217,6 +215,7 @@ if op == 'drain' then
     redis.call('SADD', key('tickets'), conv)
     redis.call('HSET', key('ticket', conv), 'team', team, 'score', ARGV[12], 'queued', ARGV[13], 'skills', ARGV[14], 'tried', '[]')
     redis.call('ZADD', qkey, ARGV[12], conv)
+    redis.call('SADD', key('teams'), team)
   end
   local out = {}
   if not open then return out end

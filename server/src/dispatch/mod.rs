@@ -179,7 +179,16 @@ pub struct Dispatcher {
     dirty: Mutex<HashSet<String>>,
     notify: Notify,
     eta: eta::Estimator,
+    /// Conversation → customer, for queue views (a conversation's customer
+    /// never changes, so entries never go stale).
+    customers: Mutex<HashMap<String, String>>,
+    /// Agent → its teams, reused for [`TEAM_CACHE`].
+    agent_teams: Mutex<HashMap<String, (Instant, Vec<String>)>>,
 }
+
+/// Conversation → customer entries kept at most. Why 100k: a few MB; past it
+/// the map starts over and misses are read from the database again.
+const MAX_CACHED_CUSTOMERS: usize = 100_000;
 
 impl Dispatcher {
     pub fn new(engine: Engine) -> Dispatcher {
@@ -190,6 +199,8 @@ impl Dispatcher {
             dirty: Mutex::new(HashSet::new()),
             notify: Notify::new(),
             eta: eta::Estimator::default(),
+            customers: Mutex::new(HashMap::new()),
+            agent_teams: Mutex::new(HashMap::new()),
         }
     }
 
@@ -200,6 +211,15 @@ impl Dispatcher {
     /// Forgets a cached team (after this node changed it).
     pub fn invalidate(&self, team: &str) {
         self.teams.lock().expect("teams lock").remove(team);
+        self.agent_teams.lock().expect("agent teams lock").clear();
+    }
+
+    fn remember_customer(&self, conv: &str, customer: &str) {
+        let mut map = self.customers.lock().expect("customers lock");
+        if map.len() >= MAX_CACHED_CUSTOMERS {
+            map.clear();
+        }
+        map.insert(conv.to_string(), customer.to_string());
     }
 
     fn touch(&self, team: &str) {
@@ -304,11 +324,18 @@ pub async fn start(
                     .expect("dirty lock")
                     .drain()
                     .collect();
+                let mut notified = 0;
                 for team in teams {
-                    if let Err(e) = announce_queue(&state, &team).await {
-                        e.log();
+                    match announce_queue(&state, &team).await {
+                        Ok(n) => notified += n,
+                        Err(e) => e.log(),
                     }
                 }
+                // Why: every update re-sends each waiting customer's position,
+                // so a long queue is updated less often (20 µs per waiting
+                // customer, at most one more second) to keep the cost bounded.
+                let extra = Duration::from_micros(20 * notified as u64);
+                tokio::time::sleep(extra.min(Duration::from_secs(1))).await;
             }
         });
     }
@@ -624,6 +651,7 @@ pub async fn consult(
     )
     .await?;
     tx.commit().await?;
+    state.dispatcher().remember_customer(&id, &user.id);
     state.members_added(&id, vec![user.id.clone()]);
     if let Some(text) = text {
         messages::send_message(
@@ -695,9 +723,25 @@ pub async fn drain(state: &AppState, team: &str) -> AppResult<()> {
     }
 }
 
+/// The teams an agent belongs to, cached for [`TEAM_CACHE`].
+async fn teams_of(state: &AppState, agent: &str) -> AppResult<Vec<String>> {
+    let d = state.dispatcher();
+    if let Some((at, teams)) = d.agent_teams.lock().expect("agent teams lock").get(agent) {
+        if at.elapsed() < TEAM_CACHE {
+            return Ok(teams.clone());
+        }
+    }
+    let teams = teams::teams_of(state.store(), agent).await?;
+    d.agent_teams
+        .lock()
+        .expect("agent teams lock")
+        .insert(agent.to_string(), (Instant::now(), teams.clone()));
+    Ok(teams)
+}
+
 /// Drains every team the agent belongs to (its capacity grew or it came online).
 async fn drain_teams_of(state: &AppState, agent: &str) -> AppResult<()> {
-    for team in teams::teams_of(state.store(), agent).await? {
+    for team in teams_of(state, agent).await? {
         drain(state, &team).await?;
     }
     Ok(())
@@ -895,10 +939,7 @@ async fn activate(state: &AppState, conv: &str, agent: &str, how: How<'_>) -> Ap
             "transferred",
             Some(actor),
             note,
-            match note {
-                Some(n) => format!("会话已转接给客服 {name}（备注：{n}）"),
-                None => format!("会话已转接给客服 {name}"),
-            },
+            format!("会话已转接给客服 {name}"),
         ),
     };
     record(
@@ -919,6 +960,11 @@ async fn activate(state: &AppState, conv: &str, agent: &str, how: How<'_>) -> Ap
     }
     state.members_added(conv, vec![agent.to_string()]);
     deliver_message(state, &msg);
+    if let How::Transfer { note: Some(n), .. } = how {
+        // The note is for the receiving agent; the customer sees the system
+        // message only. It is kept in the conversation's history too.
+        notice(state, agent, NoticeLevel::Info, "transfer_note", n);
+    }
     announce(state, conv, previous.as_slice()).await?;
     presence_changed(state, agent).await?;
     if let Some(prev) = previous {
@@ -1022,7 +1068,7 @@ async fn presence_changed(state: &AppState, agent: &str) -> AppResult<()> {
         load: Some(a.load),
     };
     state.deliver_frame(Target::User(a.id.clone()), Exclude::Nobody, &frame);
-    for team in teams::teams_of(state.store(), agent).await? {
+    for team in teams_of(state, agent).await? {
         state.deliver_frame(Target::Watch(team), Exclude::Nobody, &frame);
     }
     Ok(())
@@ -1194,10 +1240,7 @@ pub async fn transfer(
                 now,
             )
             .await?;
-            let body = match note {
-                Some(n) => format!("会话已转接至「{}」，请稍候（备注：{n}）", team.name),
-                None => format!("会话已转接至「{}」，请稍候", team.name),
-            };
+            let body = format!("会话已转接至「{}」，请稍候", team.name);
             let msg = messages::insert_system_message(&mut tx, conv, &body, now).await?;
             tx.commit().await?;
             d.engine().release(&previous, conv).await?;
@@ -1275,7 +1318,8 @@ async fn close_conversation(
         _ => {}
     }
     deliver_message(state, &msg);
-    announce(state, &svc.id, &[]).await?;
+    // An agent the conversation was offered to is not a member: tell it too.
+    announce(state, &svc.id, svc.offered_to.as_deref().as_slice()).await?;
     if let Some(customer) = &svc.customer {
         state.deliver_frame(
             Target::User(customer.clone()),
@@ -1428,6 +1472,11 @@ pub async fn assign(state: &AppState, user: &UserRef, conv: &str, agent: &str) -
         d.engine().release(agent, conv).await?;
         return Err(AppError::conflict("the conversation was closed meanwhile"));
     }
+    if let Some(offered) = svc.offered_to.as_deref().filter(|o| *o != agent) {
+        // The offer is withdrawn: its holder learns the conversation went elsewhere.
+        announce(state, conv, &[offered]).await?;
+        presence_changed(state, offered).await?;
+    }
     if let Some(team) = &svc.team {
         d.touch(team);
     }
@@ -1547,9 +1596,11 @@ async fn pick_up_left_messages(state: &AppState, now: i64) -> AppResult<()> {
         .await?;
         for c in convs {
             let id: String = c.try_get("id")?;
+            // It joins the queue as a new arrival: its waiting time starts
+            // now, or a max-wait rule would send it straight back.
             let done = sqlx::query(
-                "UPDATE conversations SET pending = 0, updated_at = $2 WHERE id = $1 \
-                 AND state = 'queued' AND pending = 1",
+                "UPDATE conversations SET pending = 0, queued_at = $2, updated_at = $2 \
+                 WHERE id = $1 AND state = 'queued' AND pending = 1",
             )
             .bind(&id)
             .bind(now)
@@ -1602,7 +1653,19 @@ async fn auto_close_idle(state: &AppState, now: i64) -> AppResult<()> {
 async fn team_queue(state: &AppState, team: &str) -> AppResult<TeamQueue> {
     let waiting = state.dispatcher().engine().queue(team).await?;
     let mut customers: HashMap<String, String> = HashMap::new();
-    for chunk in waiting.chunks(500) {
+    let mut unknown: Vec<&engine::Waiting> = Vec::new();
+    {
+        let cache = state.dispatcher().customers.lock().expect("customers lock");
+        for w in &waiting {
+            match cache.get(&w.conv) {
+                Some(c) => {
+                    customers.insert(w.conv.clone(), c.clone());
+                }
+                None => unknown.push(w),
+            }
+        }
+    }
+    for chunk in unknown.chunks(500) {
         let ph: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
         let sql = format!(
             "SELECT id, customer_id FROM conversations WHERE id IN ({})",
@@ -1614,7 +1677,10 @@ async fn team_queue(state: &AppState, team: &str) -> AppResult<TeamQueue> {
         }
         for r in q.fetch_all(state.store().read()).await? {
             let customer: Option<String> = r.try_get("customer_id")?;
-            customers.insert(r.try_get("id")?, customer.unwrap_or_default());
+            let conv: String = r.try_get("id")?;
+            let customer = customer.unwrap_or_default();
+            state.dispatcher().remember_customer(&conv, &customer);
+            customers.insert(conv, customer);
         }
     }
     Ok(TeamQueue {
@@ -1634,9 +1700,9 @@ async fn team_queue(state: &AppState, team: &str) -> AppResult<TeamQueue> {
 
 /// Sends every waiting customer of a team its position and estimate, and the
 /// team's watchers the queue.
-async fn announce_queue(state: &AppState, team: &str) -> AppResult<()> {
+async fn announce_queue(state: &AppState, team: &str) -> AppResult<usize> {
     let Some(entry) = team_entry(state, team).await? else {
-        return Ok(());
+        return Ok(0);
     };
     let now = now_ms();
     let queue = team_queue(state, team).await?;
@@ -1665,12 +1731,13 @@ async fn announce_queue(state: &AppState, team: &str) -> AppResult<()> {
             },
         );
     }
+    let n = queue.waiting.len();
     state.deliver_frame(
         Target::Watch(team.to_string()),
         Exclude::Nobody,
         &ServerFrame::QueueUpdate { queue },
     );
-    Ok(())
+    Ok(n)
 }
 
 /// The `watch` frame: the snapshot; the connection then receives deltas.

@@ -726,7 +726,7 @@ pub async fn capacity_of(store: &Store, user: &str) -> AppResult<u32> {
     let row = sqlx::query(
         "SELECT u.max_concurrency AS own, \
          (SELECT MIN(t.max_concurrency) FROM team_members m JOIN teams t ON t.id = m.team_id \
-          WHERE m.user_id = u.id) AS team_default \
+          WHERE m.user_id = u.id AND m.role = 'agent') AS team_default \
          FROM users u WHERE u.id = $1",
     )
     .bind(user)
