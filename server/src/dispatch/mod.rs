@@ -1096,6 +1096,8 @@ pub async fn presence(state: &AppState, user: &UserRef, status: PresenceStatus) 
     presence_changed(state, &user.id).await?;
     if status == PresenceStatus::Online {
         drain_teams_of(state, &user.id).await?;
+        // Left messages of its teams can be served now.
+        pick_up_left_messages(state, now_ms()).await?;
     }
     Ok(())
 }
