@@ -976,8 +976,10 @@ async fn activate(state: &AppState, conv: &str, agent: &str, how: How<'_>) -> Ap
 // ---------------------------------------------------------------------------
 // Presence.
 
-/// A staff connection opened on this node.
-pub async fn staff_connected(state: &AppState, user: &UserRef) -> AppResult<()> {
+/// A staff connection opened on this node. Counted at once (so that a quick
+/// disconnect cannot overtake it); the engine is told in the background, so a
+/// slow or unreachable engine never holds up the connection.
+pub fn staff_connected(state: &AppState, user: &UserRef) {
     let status = {
         let mut local = state.dispatcher().local.lock().expect("local lock");
         let entry = local
@@ -986,6 +988,15 @@ pub async fn staff_connected(state: &AppState, user: &UserRef) -> AppResult<()> 
         entry.1 += 1;
         entry.0
     };
+    let (state, user) = (state.clone(), user.clone());
+    state.tracker().clone().spawn(async move {
+        if let Err(e) = staff_live(&state, &user, status).await {
+            e.log();
+        }
+    });
+}
+
+async fn staff_live(state: &AppState, user: &UserRef, status: PresenceStatus) -> AppResult<()> {
     let now = now_ms();
     state
         .dispatcher()

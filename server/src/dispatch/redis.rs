@@ -85,10 +85,20 @@ impl RedisEngine {
         let conn = self
             .conn
             .get_or_try_init(|| async {
-                let config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(REDIS_TIMEOUT)
-                    .set_response_timeout(REDIS_TIMEOUT);
-                ConnectionManager::new_with_config(self.client.clone(), config).await
+                let connect = async {
+                    let config = ConnectionManagerConfig::new()
+                        .set_connection_timeout(REDIS_TIMEOUT)
+                        .set_response_timeout(REDIS_TIMEOUT)
+                        .set_number_of_retries(1);
+                    ConnectionManager::new_with_config(self.client.clone(), config).await
+                };
+                match tokio::time::timeout(REDIS_TIMEOUT, connect).await {
+                    Ok(r) => r,
+                    Err(_) => Err(redis::RedisError::from((
+                        redis::ErrorKind::IoError,
+                        "cannot connect to redis in time",
+                    ))),
+                }
             })
             .await
             .map_err(redis_error)?;
@@ -126,7 +136,14 @@ impl RedisEngine {
         for a in args {
             inv.arg(a);
         }
-        inv.invoke_async(&mut conn).await
+        // Bounded whatever the connection does (reconnects included).
+        match tokio::time::timeout(REDIS_TIMEOUT, inv.invoke_async(&mut conn)).await {
+            Ok(r) => r,
+            Err(_) => Err(redis::RedisError::from((
+                redis::ErrorKind::IoError,
+                "redis did not answer in time",
+            ))),
+        }
     }
 }
 

@@ -118,9 +118,7 @@ pub async fn run(state: AppState, mut ws: Ws) {
         };
         session.reply(&welcome);
         if staff.is_some() {
-            if let Err(e) = Box::pin(dispatch::staff_connected(&state, &session.user)).await {
-                e.log();
-            }
+            dispatch::staff_connected(&state, &session.user);
         }
         Box::pin(session.serve(ws, rx)).await;
     }
