@@ -1203,7 +1203,11 @@ async fn the_auth_reply_lists_open_conversations_and_auth_is_once() {
 
 // 19.
 #[tokio::test]
-async fn dispatch_frames_are_unavailable_for_now() {
+/// Dispatch frames that make no sense for this caller or conversation (an
+/// agent consulting, a group treated as a service conversation, an agent
+/// watching) are refused with a precise code, store nothing, and leave the
+/// connection working.
+async fn misdirected_dispatch_frames_are_refused_cleanly() {
     let s = setup(Backend::Sqlite).await;
     let mut g = group_of(&s, &[("agent1", Role::Agent)]).await;
     let conv = g.conv.clone();
@@ -1256,11 +1260,25 @@ async fn dispatch_frames_are_unavailable_for_now() {
             move |req| ClientFrame::Assign { req, conv, agent }
         }),
     ];
-    for build in frames {
+    use ErrorCode::{BadRequest, Forbidden};
+    let expected = [
+        Some(Forbidden),  // consult: customers only
+        None,             // presence: staff may
+        Some(BadRequest), // accept: a group is not a service conversation
+        Some(BadRequest), // transfer
+        Some(BadRequest), // close
+        Some(BadRequest), // rate
+        Some(Forbidden),  // watch: supervisors only
+        Some(Forbidden),  // assign: supervisors only
+    ];
+    for (build, want) in frames.into_iter().zip(expected) {
         let r = c.request(build).await;
-        assert_eq!(error_code(&r), ErrorCode::Unavailable, "{r:?}");
+        match want {
+            None => assert!(matches!(r, ServerFrame::Ok { .. }), "{r:?}"),
+            Some(code) => assert_eq!(error_code(&r), code, "{r:?}"),
+        }
     }
-    // Field types are checked even now.
+    // Field types are checked.
     c.send_text(r#"{"type":"watch","req":90,"teams":"some"}"#)
         .await;
     assert_eq!(error_code(&c.reply(90).await), ErrorCode::BadRequest);
