@@ -609,6 +609,22 @@ async fn offer_mode_times_out_to_next_agent(backend: Backend) {
         next_expires >= expires + 1000,
         "second offer made before the first expired: {expires} then {next_expires}"
     );
+    // A second tab of the agent holding the offer sees it in its auth reply.
+    let username = if second == x { "offer-x" } else { "offer-y" };
+    let token = s
+        .server
+        .token(username, &format!("{username}-password"))
+        .await;
+    let mut tab = common::Client::connect(&s.server.ws_url()).await;
+    let hello = tab.auth(&token).await;
+    assert!(
+        hello
+            .conversations
+            .iter()
+            .any(|i| i.id == conv && i.offered_to.as_deref() == Some(second.as_str())),
+        "open offer missing from the auth reply: {:?}",
+        hello.conversations
+    );
     ok(second_client, |req| ClientFrame::Accept {
         req,
         conv: conv.clone(),

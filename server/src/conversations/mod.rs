@@ -83,9 +83,23 @@ pub async fn open_conversations_of(store: &Store, user: &str) -> AppResult<Vec<C
     .bind(user)
     .fetch_all(store.read())
     .await?;
-    rows.iter()
+    let mut out = rows
+        .iter()
         .map(|r| info_from_row(r, r.try_get("last_read_seq")?))
-        .collect()
+        .collect::<AppResult<Vec<_>>>()?;
+    // Conversations offered to the user (offer mode): not a member yet, but
+    // a reconnecting agent must still see its open offers.
+    let offered = sqlx::query(&format!(
+        "SELECT {INFO_COLUMNS} FROM conversations c \
+         WHERE c.offered_to = $1 AND c.state = 'queued' ORDER BY c.updated_at DESC"
+    ))
+    .bind(user)
+    .fetch_all(store.read())
+    .await?;
+    for r in &offered {
+        out.push(info_from_row(r, 0)?);
+    }
+    Ok(out)
 }
 
 /// The user's conversations (closed ones too), newest activity first, paged

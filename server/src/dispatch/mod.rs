@@ -577,6 +577,22 @@ pub async fn consult(
     .await?;
     if let Some(row) = open {
         let id: String = row.try_get("id")?;
+        if let Some(text) = text {
+            // What the customer wrote is not lost: it goes into the open one.
+            messages::send_message(
+                state,
+                user,
+                None,
+                messages::SendInput {
+                    conv: id.clone(),
+                    client_msg_id: format!("consult:{}", new_id("")),
+                    kind: switchboard_protocol::MessageKind::Text,
+                    body: Some(text.to_string()),
+                    attachment: None,
+                },
+            )
+            .await?;
+        }
         let info = conversations::conversation_info(store, &id).await?;
         if let Some(team) = &info.team {
             state.dispatcher().touch(team);
@@ -1523,8 +1539,10 @@ async fn overflow(state: &AppState, team: &Team, conv: &str, why: &str) -> AppRe
         None => svc.skills.clone(),
     };
     let done = sqlx::query(
-        "UPDATE conversations SET team_id = $2, pending = $3, skills = $4, updated_at = $5 \
-         WHERE id = $1 AND state = 'queued' AND offered_to IS NULL",
+        // The waiting time restarts in the new team (or as a left message):
+        // its own max-wait rule must not fire at once.
+        "UPDATE conversations SET team_id = $2, pending = $3, skills = $4, updated_at = $5, \
+         queued_at = $5 WHERE id = $1 AND state = 'queued' AND offered_to IS NULL",
     )
     .bind(conv)
     .bind(&to_team)
@@ -1570,7 +1588,7 @@ async fn overflow(state: &AppState, team: &Team, conv: &str, why: &str) -> AppRe
             conv: conv.to_string(),
             team: f.team.id.clone(),
             priority: svc.priority,
-            queued_at: svc.queued_at.unwrap_or(now),
+            queued_at: now,
             skills,
         };
         let assignments = state
