@@ -11,6 +11,9 @@
 //!     [redis://127.0.0.1:6379] [assignments=100000] [tasks=64]
 //! ```
 //!
+//! `AGENTS=n` sets the team size (default 10); `STRATEGY=least_load` runs one
+//! strategy only. A run must stay under 30 s, the agents' liveness.
+//!
 //! The Redis keys it makes (prefix `sbbench_engine_<pid>`) are deleted at the end.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,7 +28,13 @@ use switchboard_server::dispatch::redis::RedisEngine;
 use switchboard_server::dispatch::Engine;
 use switchboard_server::store::Store;
 
-const AGENTS: usize = 50;
+/// Agents in the team (each drain reads every member's state).
+fn agents() -> usize {
+    std::env::var("AGENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10)
+}
 const TEAM: &str = "t_bench";
 
 fn plan(strategy: Strategy) -> TeamPlan {
@@ -39,7 +48,7 @@ fn plan(strategy: Strategy) -> TeamPlan {
 }
 
 fn snapshot() -> Snapshot {
-    let agents: Vec<String> = (0..AGENTS).map(|i| format!("a{i:03}")).collect();
+    let agents: Vec<String> = (0..agents()).map(|i| format!("a{i:03}")).collect();
     Snapshot {
         agents: agents
             .iter()
@@ -62,7 +71,7 @@ fn snapshot() -> Snapshot {
 
 async fn prepare(engine: &Engine, now: i64) {
     engine.rebuild(snapshot(), now).await.expect("rebuild");
-    for i in 0..AGENTS {
+    for i in 0..agents() {
         engine
             .presence(&format!("a{i:03}"), PresenceStatus::Online, now)
             .await
@@ -135,14 +144,17 @@ async fn main() {
     let store = Store::open(&config).await.expect("store");
     store.migrate().await.expect("migrate");
     let prefix = format!("sbbench_engine_{}", std::process::id());
-    let now = switchboard_server::util::now_ms();
-
-    println!("dispatch engine: {total} assignments, {tasks} concurrent tasks, {AGENTS} agents");
+    println!(
+        "dispatch engine: {total} assignments, {tasks} concurrent tasks, {} agents",
+        agents()
+    );
     for strategy in [
         Strategy::RoundRobin,
         Strategy::LeastLoad,
         Strategy::Weighted,
     ] {
+        // Presence is fresh for each run: agents stay live for 30 s.
+        let now = switchboard_server::util::now_ms();
         let local = Arc::new(Engine::Local(Arc::new(LocalEngine::new())));
         prepare(&local, now).await;
         let local_rate = run(vec![local], strategy, total, tasks).await;
@@ -154,6 +166,7 @@ async fn main() {
         };
         let p = format!("{prefix}_{}", strategy.as_str());
         let (a, b) = (node(p.clone()), node(p.clone()));
+        let now = switchboard_server::util::now_ms();
         prepare(&a, now).await;
         let redis_rate = run(vec![a, b], strategy, total, tasks).await;
         cleanup(&redis_url, &p).await;
