@@ -148,11 +148,15 @@ async fn main() {
         "dispatch engine: {total} assignments, {tasks} concurrent tasks, {} agents",
         agents()
     );
+    let only = std::env::var("STRATEGY").ok();
     for strategy in [
         Strategy::RoundRobin,
         Strategy::LeastLoad,
         Strategy::Weighted,
     ] {
+        if only.as_deref().is_some_and(|o| o != strategy.as_str()) {
+            continue;
+        }
         // Presence is fresh for each run: agents stay live for 30 s.
         let now = switchboard_server::util::now_ms();
         let local = Arc::new(Engine::Local(Arc::new(LocalEngine::new())));
