@@ -12,7 +12,7 @@ use axum::extract::{
     DefaultBodyLimit, FromRequest, FromRequestParts, Multipart, Path, Query, Request, State,
 };
 use axum::http::{header, StatusCode};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
@@ -28,7 +28,6 @@ use crate::uploads::{self, UploadInfo};
 
 /// The OpenAPI document of every route below.
 pub const OPENAPI: &str = include_str!("../openapi.json");
-const INDEX_HTML: &str = include_str!("../../web-client/index.html");
 
 /// Every route of the server.
 pub fn router(state: AppState) -> Router {
@@ -56,13 +55,13 @@ pub fn router(state: AppState) -> Router {
         .fallback(api_not_found)
         .method_not_allowed_fallback(api_method_not_allowed);
     Router::new()
-        .route("/", get(index))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/api/openapi.json", get(openapi))
         .route("/ws", get(gateway::upgrade))
         .nest("/api/v1", api)
+        .merge(crate::web::routes())
         .with_state(state)
 }
 
@@ -133,10 +132,6 @@ async fn api_method_not_allowed() -> Response {
 
 async fn api_not_found() -> AppError {
     AppError::not_found("no such API route; see /api/openapi.json")
-}
-
-async fn index() -> Html<&'static str> {
-    Html(INDEX_HTML)
 }
 
 async fn healthz() -> &'static str {

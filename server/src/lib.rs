@@ -15,7 +15,7 @@
 //! - [`calendar`]: working-hours calendars.
 //! - [`uploads`]: attachments and their file store.
 //! - [`gateway`]: the WebSocket endpoint, sessions and the connection registry.
-//! - [`api`]: HTTP routes.
+//! - [`api`]: HTTP routes; [`web`]: the embedded web client.
 //! - [`state`]: the shared handle; [`fanout`]: how events reach every node's connections.
 //! - [`metrics`], [`error`], [`util`]: Prometheus metrics, the error type, helpers.
 
@@ -34,6 +34,7 @@ pub mod state;
 pub mod store;
 pub mod uploads;
 pub mod util;
+pub mod web;
 
 use std::future::IntoFuture;
 use std::sync::Arc;
