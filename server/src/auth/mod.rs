@@ -388,7 +388,9 @@ pub async fn create_quick_link(
     let base = state.config().public_url.clone().unwrap_or_default();
     Ok(QuickLink {
         id,
-        url: format!("{}/widget?quick={token}", base.trim_end_matches('/')),
+        // In the fragment: browsers never send it, so the token stays out of
+        // server and proxy access logs.
+        url: format!("{}/widget#quick={token}", base.trim_end_matches('/')),
         token,
         expires_at,
     })
