@@ -62,9 +62,10 @@ const TEAM_CACHE: Duration = Duration::from_secs(2);
 /// expires at most this late, and the tick's work is a few engine calls.
 const TICK: Duration = Duration::from_millis(250);
 /// Every this many ticks each team is drained even without an event (working
-/// hours opening, an agent's liveness returning) and overflow is checked.
+/// hours opening, an agent's liveness returning), and overflow and idle
+/// conversations are checked.
 const SWEEP_TICKS: u32 = 8;
-/// Idle auto-close and left-message pickup run every this many ticks.
+/// Left-message pickup runs every this many ticks (and when an agent comes online).
 const SLOW_TICKS: u32 = 40;
 /// Queue-position notices are coalesced for this long. Why 50 ms: a burst of
 /// consults or assignments sends each waiting customer one update, not one per
@@ -377,10 +378,10 @@ async fn tick(state: &AppState, n: u32) -> AppResult<()> {
                 drain(state, &team.id).await?;
             }
         }
+        auto_close_idle(state, now).await?;
     }
     if n.is_multiple_of(SLOW_TICKS) {
         pick_up_left_messages(state, now).await?;
-        auto_close_idle(state, now).await?;
     }
     Ok(())
 }
