@@ -105,6 +105,18 @@ pub struct Limits {
     /// Seconds without a message after which an active service conversation
     /// is closed automatically; 0 turns auto-close off.
     pub idle_close_s: u64,
+    /// Background jobs one node runs at the same time.
+    pub job_concurrency: usize,
+    /// Seconds a node holds a claimed job; a job whose node died runs again
+    /// after this. A job's handler is stopped after half of it.
+    pub job_lease_s: u64,
+    /// Longest wait, in ms, before an idle node looks for due jobs again.
+    pub job_poll_ms: u64,
+    /// Occurrences of a recurring schedule missed (every node down) by more
+    /// than this many seconds are skipped instead of caught up.
+    pub schedule_misfire_s: u64,
+    /// Seconds a finished job is kept (and its unique key honoured).
+    pub job_retention_s: u64,
 }
 
 impl Default for Limits {
@@ -124,6 +136,11 @@ impl Default for Limits {
             quick_link_ttl_s: 7 * 24 * 3600,
             shutdown_drain_s: 10,
             idle_close_s: 1800,
+            job_concurrency: 8,
+            job_lease_s: 60,
+            job_poll_ms: 500,
+            schedule_misfire_s: 3600,
+            job_retention_s: 7 * 24 * 3600,
         }
     }
 }
@@ -223,6 +240,16 @@ quick_link_ttl_s = 604800
 shutdown_drain_s = 10
 # Seconds without a message before an active service conversation closes (0 = never).
 idle_close_s = 1800
+# Background jobs (scheduled messages, timers) one node runs at once.
+job_concurrency = 8
+# Seconds a node holds a claimed job; a job whose node died runs again after this.
+job_lease_s = 60
+# Longest wait in ms before an idle node looks for due jobs again.
+job_poll_ms = 500
+# Schedule occurrences missed by more than this many seconds (all nodes down) are skipped.
+schedule_misfire_s = 3600
+# Seconds finished jobs are kept.
+job_retention_s = 604800
 "#;
 
 /// A configuration that cannot be used, with the reason.
@@ -348,6 +375,11 @@ impl Config {
             quick_link_ttl_s,
             shutdown_drain_s,
             idle_close_s,
+            job_concurrency,
+            job_lease_s,
+            job_poll_ms,
+            schedule_misfire_s,
+            job_retention_s,
         );
         Ok(())
     }
@@ -404,6 +436,15 @@ impl Config {
         }
         if l.upload_max_bytes == 0 {
             return bad("limits.upload_max_bytes must be positive".into());
+        }
+        if !(1..=256).contains(&l.job_concurrency) {
+            return bad("limits.job_concurrency must be between 1 and 256".into());
+        }
+        if l.job_lease_s < 2 {
+            return bad("limits.job_lease_s must be at least 2".into());
+        }
+        if !(10..=60_000).contains(&l.job_poll_ms) {
+            return bad("limits.job_poll_ms must be between 10 and 60000".into());
         }
         for origin in &self.allowed_origins {
             if origin != "*" && url::Url::parse(origin).is_err() {

@@ -12,6 +12,7 @@
 //! - [`auth`]: users, password hashes, tokens, quick links.
 //! - [`conversations`]: conversations, members, messages.
 //! - [`dispatch`]: teams, queues, strategies, presence, assignment.
+//! - [`jobs`]: the durable job scheduler, recurring schedules, scheduled group messages.
 //! - [`calendar`]: working-hours calendars.
 //! - [`uploads`]: attachments and their file store.
 //! - [`gateway`]: the WebSocket endpoint, sessions and the connection registry.
@@ -29,6 +30,7 @@ pub mod dispatch;
 pub mod error;
 pub mod fanout;
 pub mod gateway;
+pub mod jobs;
 pub mod metrics;
 pub mod state;
 pub mod store;
@@ -142,6 +144,10 @@ pub async fn run_on(
     dispatch::start(&state, &workers, workers_stop.clone())
         .await
         .map_err(|e| ServerError::Other(format!("starting dispatch: {}", e.public_message())))?;
+    // Jobs stop claiming as soon as shutdown begins; the ones still running
+    // are waited for before the bus stops (below), so what they send reaches
+    // the other nodes.
+    let job_tasks = jobs::start(&state, shutdown.clone());
 
     let addr = listener.local_addr()?;
     tracing::info!(%addr, node = %node_id, backend = ?store.backend(), "switchboard listening");
@@ -189,6 +195,9 @@ pub async fn run_on(
             "drain timeout: dropping the remaining sessions"
         );
     }
+    // Why 2 s: a job's effect takes milliseconds; one still running after
+    // that is left to its lease and runs again on another node.
+    let _ = tokio::time::timeout(Duration::from_secs(2), job_tasks.wait()).await;
     workers_stop.cancel();
     workers.close();
     let _ = tokio::time::timeout(Duration::from_secs(2), workers.wait()).await;

@@ -108,6 +108,12 @@ impl Metrics {
         }
     }
 
+    /// The node's registry, for modules that register their own metrics
+    /// (they then show up in [`Metrics::render`] with the node label).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// The text exposition format.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();

@@ -1133,6 +1133,11 @@ const ROUTES: &[(&str, &str)] = &[
     ("delete", "/api/v1/customer-teams/{id}"),
     ("get", "/api/v1/assignments"),
     ("post", "/api/v1/assignments"),
+    ("post", "/api/v1/groups/{id}/scheduled-messages"),
+    ("get", "/api/v1/groups/{id}/scheduled-messages"),
+    ("delete", "/api/v1/scheduled-messages/{id}"),
+    ("get", "/api/v1/jobs"),
+    ("post", "/api/v1/jobs/{id}/retry"),
 ];
 
 const METHODS: &[&str] = &[
