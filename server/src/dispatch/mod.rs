@@ -366,19 +366,26 @@ async fn tick(state: &AppState, n: u32) -> AppResult<()> {
         offer_expired(state, &expired).await?;
     }
     if n.is_multiple_of(SWEEP_TICKS) {
+        // One team's failure is logged and does not stop the sweep.
         for team in teams::list(state.store()).await? {
             if let Some(after) = team.overflow_after_s() {
                 let cutoff = now - i64::from(after) * 1000;
                 let overdue = d.engine().take_overdue(&team.id, cutoff).await?;
                 for w in overdue {
-                    overflow(state, &team, &w.conv, "waited too long").await?;
+                    if let Err(e) = overflow(state, &team, &w.conv, "waited too long").await {
+                        e.log();
+                    }
                 }
             }
             if team.enabled {
-                drain(state, &team.id).await?;
+                if let Err(e) = drain(state, &team.id).await {
+                    e.log();
+                }
             }
         }
-        auto_close_idle(state, now).await?;
+        if let Err(e) = auto_close_idle(state, now).await {
+            e.log();
+        }
     }
     if n.is_multiple_of(SLOW_TICKS) {
         pick_up_left_messages(state, now).await?;
@@ -1300,22 +1307,26 @@ pub async fn transfer(
     }
 }
 
-/// Closes a service conversation. `actor` is `None` for the idle auto-close.
+/// Closes a service conversation. `actor` is `None` for the idle auto-close,
+/// which also passes `idle_before`: a message that arrived since the
+/// conversation was found idle keeps it open.
 async fn close_conversation(
     state: &AppState,
     svc: &Service,
     actor: Option<&str>,
+    idle_before: Option<i64>,
 ) -> AppResult<bool> {
     let now = now_ms();
     let mut tx = state.store().write().begin().await?;
     let done = sqlx::query(
         "UPDATE conversations SET state = 'closed', closed_at = $2, closed_by = $3, \
          offered_to = NULL, offer_expires_at = NULL, pending = 0, updated_at = $2 \
-         WHERE id = $1 AND state <> 'closed'",
+         WHERE id = $1 AND state <> 'closed' AND updated_at < $4",
     )
     .bind(&svc.id)
     .bind(now)
     .bind(actor.unwrap_or("system"))
+    .bind(idle_before.unwrap_or(i64::MAX))
     .execute(&mut *tx)
     .await?;
     if done.rows_affected() == 0 {
@@ -1381,7 +1392,7 @@ pub async fn close(state: &AppState, user: &UserRef, conv: &str) -> AppResult<()
     if svc.state == ConversationState::Closed {
         return Err(AppError::conflict("this conversation is already closed"));
     }
-    if !close_conversation(state, &svc, Some(&user.id)).await? {
+    if !close_conversation(state, &svc, Some(&user.id), None).await? {
         return Err(AppError::conflict("this conversation is already closed"));
     }
     Ok(())
@@ -1521,6 +1532,16 @@ pub async fn assign(state: &AppState, user: &UserRef, conv: &str, agent: &str) -
 // ---------------------------------------------------------------------------
 // Overflow, left messages, idle close.
 
+/// An overflowing conversation has waited already: in the fallback team it
+/// goes ahead of normal arrivals (priority 1, like a transfer).
+fn overflow_priority(priority: i64, pending: bool) -> i64 {
+    if pending {
+        priority
+    } else {
+        priority.max(1)
+    }
+}
+
 /// A conversation left its queue by a queue rule: to the fallback team, or
 /// it waits as a left message.
 async fn overflow(state: &AppState, team: &Team, conv: &str, why: &str) -> AppResult<()> {
@@ -1543,13 +1564,14 @@ async fn overflow(state: &AppState, team: &Team, conv: &str, why: &str) -> AppRe
         // The waiting time restarts in the new team (or as a left message):
         // its own max-wait rule must not fire at once.
         "UPDATE conversations SET team_id = $2, pending = $3, skills = $4, updated_at = $5, \
-         queued_at = $5 WHERE id = $1 AND state = 'queued' AND offered_to IS NULL",
+         queued_at = $5, priority = $6 WHERE id = $1 AND state = 'queued' AND offered_to IS NULL",
     )
     .bind(conv)
     .bind(&to_team)
     .bind(i64::from(pending))
     .bind(serde_json::to_string(&skills).expect("skills serialize"))
     .bind(now)
+    .bind(overflow_priority(svc.priority, pending))
     .execute(&mut *tx)
     .await?;
     if done.rows_affected() == 0 {
@@ -1588,7 +1610,7 @@ async fn overflow(state: &AppState, team: &Team, conv: &str, why: &str) -> AppRe
         let ticket = Ticket {
             conv: conv.to_string(),
             team: f.team.id.clone(),
-            priority: svc.priority,
+            priority: overflow_priority(svc.priority, false),
             queued_at: now,
             skills,
         };
@@ -1616,7 +1638,16 @@ async fn pick_up_left_messages(state: &AppState, now: i64) -> AppResult<()> {
         let Some(entry) = team_entry(state, &team).await? else {
             continue;
         };
-        if !can_serve(state, &entry, now).await? {
+        // Free capacity, not just someone online: otherwise a max-wait rule
+        // would turn it back into a left message moments later.
+        let free = state
+            .dispatcher()
+            .engine()
+            .agents(&entry.agents, now)
+            .await?
+            .iter()
+            .any(|a| a.status == PresenceStatus::Online && a.load < a.capacity);
+        if !free || !can_serve(state, &entry, now).await? {
             continue;
         }
         let convs = sqlx::query(
@@ -1630,17 +1661,20 @@ async fn pick_up_left_messages(state: &AppState, now: i64) -> AppResult<()> {
             let id: String = c.try_get("id")?;
             // It joins the queue as a new arrival: its waiting time starts
             // now, or a max-wait rule would send it straight back.
+            let mut tx = state.store().write().begin().await?;
             let done = sqlx::query(
                 "UPDATE conversations SET pending = 0, queued_at = $2, updated_at = $2 \
                  WHERE id = $1 AND state = 'queued' AND pending = 1",
             )
             .bind(&id)
             .bind(now)
-            .execute(state.store().write())
+            .execute(&mut *tx)
             .await?;
             if done.rows_affected() == 0 {
                 continue;
             }
+            record(&mut tx, &id, "requeued", Some(&team), None, None, None, now).await?;
+            tx.commit().await?;
             let svc = load_service(state.store(), &id).await?;
             if let Some(ticket) = svc.ticket() {
                 let a = state
@@ -1673,7 +1707,7 @@ async fn auto_close_idle(state: &AppState, now: i64) -> AppResult<()> {
     for r in rows {
         let id: String = r.try_get("id")?;
         let svc = load_service(state.store(), &id).await?;
-        close_conversation(state, &svc, None).await?;
+        close_conversation(state, &svc, None, Some(cutoff)).await?;
     }
     Ok(())
 }
