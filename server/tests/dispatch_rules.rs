@@ -388,7 +388,10 @@ async fn overflow_goes_ahead_in_the_fallback_queue(backend: Backend) {
         "X waited longer, so it is ahead of Y in B's queue: {q}"
     );
     let moved_since = q["waiting"][0]["since"].as_i64().expect("X waits in B");
-    assert!(moved_since > x_since, "B's clock starts at the overflow: {q}");
+    assert!(
+        moved_since > x_since,
+        "B's clock starts at the overflow: {q}"
+    );
 }
 
 // ---------------------------------------------------------------------------
