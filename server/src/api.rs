@@ -53,6 +53,7 @@ pub fn router(state: AppState) -> Router {
         .route("/conversations/{id}/members", get(list_members))
         .merge(crate::dispatch::api::routes())
         .merge(crate::jobs::api::routes())
+        .merge(crate::tickets::api::routes())
         .fallback(api_not_found)
         .method_not_allowed_fallback(api_method_not_allowed);
     Router::new()

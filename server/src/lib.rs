@@ -13,7 +13,8 @@
 //! - [`conversations`]: conversations, members, messages.
 //! - [`dispatch`]: teams, queues, strategies, presence, assignment.
 //! - [`jobs`]: the durable job scheduler, recurring schedules, scheduled group messages.
-//! - [`calendar`]: working-hours calendars.
+//! - [`calendar`]: working-hours calendars and business-time arithmetic.
+//! - [`tickets`]: tickets, follow-up notes, SLA policies and clocks.
 //! - [`uploads`]: attachments and their file store.
 //! - [`gateway`]: the WebSocket endpoint, sessions and the connection registry.
 //! - [`api`]: HTTP routes; [`web`]: the embedded web client.
@@ -34,6 +35,7 @@ pub mod jobs;
 pub mod metrics;
 pub mod state;
 pub mod store;
+pub mod tickets;
 pub mod uploads;
 pub mod util;
 pub mod web;

@@ -1138,6 +1138,14 @@ const ROUTES: &[(&str, &str)] = &[
     ("delete", "/api/v1/scheduled-messages/{id}"),
     ("get", "/api/v1/jobs"),
     ("post", "/api/v1/jobs/{id}/retry"),
+    ("post", "/api/v1/tickets"),
+    ("get", "/api/v1/tickets"),
+    ("get", "/api/v1/tickets/{id}"),
+    ("patch", "/api/v1/tickets/{id}"),
+    ("post", "/api/v1/tickets/{id}/notes"),
+    ("post", "/api/v1/conversations/{id}/ticket"),
+    ("post", "/api/v1/sla-policies"),
+    ("get", "/api/v1/sla-policies"),
 ];
 
 const METHODS: &[&str] = &[

@@ -198,6 +198,7 @@ impl<C> Registry<C> {
 pub fn server_registry() -> Registry<AppState> {
     let mut r = Registry::new();
     r.register(group_messages::KIND, group_messages::run);
+    r.register(crate::tickets::sla::KIND, crate::tickets::sla::run);
     r
 }
 
