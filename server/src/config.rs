@@ -117,6 +117,9 @@ pub struct Limits {
     pub schedule_misfire_s: u64,
     /// Seconds a finished job is kept (and its unique key honoured).
     pub job_retention_s: u64,
+    /// Seconds after which a resolved ticket the customer did not reopen is
+    /// closed automatically; 0 turns auto-close off.
+    pub ticket_auto_close_s: u64,
 }
 
 impl Default for Limits {
@@ -141,6 +144,7 @@ impl Default for Limits {
             job_poll_ms: 500,
             schedule_misfire_s: 3600,
             job_retention_s: 7 * 24 * 3600,
+            ticket_auto_close_s: 3 * 24 * 3600,
         }
     }
 }
@@ -250,6 +254,8 @@ job_poll_ms = 500
 schedule_misfire_s = 3600
 # Seconds finished jobs are kept.
 job_retention_s = 604800
+# Seconds after which a resolved ticket not reopened closes by itself (0 = never).
+ticket_auto_close_s = 259200
 "#;
 
 /// A configuration that cannot be used, with the reason.
@@ -380,6 +386,7 @@ impl Config {
             job_poll_ms,
             schedule_misfire_s,
             job_retention_s,
+            ticket_auto_close_s,
         );
         Ok(())
     }
@@ -440,6 +447,9 @@ impl Config {
         if !(1..=256).contains(&l.job_concurrency) {
             return bad("limits.job_concurrency must be between 1 and 256".into());
         }
+        if l.ticket_auto_close_s > 10 * 366 * 24 * 3600 {
+            return bad("limits.ticket_auto_close_s must be at most ten years".into());
+        }
         if l.job_lease_s < 2 {
             return bad("limits.job_lease_s must be at least 2".into());
         }
@@ -499,6 +509,20 @@ mod tests {
         assert!(c.uses_postgres());
         assert_eq!(c.allowed_origins, vec!["https://a.example", "*"]);
         assert_eq!(c.limits.max_frame_bytes, 2048);
+    }
+
+    #[test]
+    fn ticket_auto_close_from_the_environment() {
+        assert_eq!(Config::default().limits.ticket_auto_close_s, 259_200);
+        let c =
+            Config::load_with(None, env_of(&[("SWITCHBOARD_TICKET_AUTO_CLOSE_S", "2")])).unwrap();
+        assert_eq!(c.limits.ticket_auto_close_s, 2);
+        let e = Config::load_with(
+            None,
+            env_of(&[("SWITCHBOARD_TICKET_AUTO_CLOSE_S", "999999999999")]),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("ticket_auto_close_s"), "{e}");
     }
 
     #[test]

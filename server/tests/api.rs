@@ -1146,6 +1146,9 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/v1/conversations/{id}/ticket"),
     ("post", "/api/v1/sla-policies"),
     ("get", "/api/v1/sla-policies"),
+    ("post", "/api/v1/ticket-types"),
+    ("get", "/api/v1/ticket-types"),
+    ("patch", "/api/v1/ticket-types/{id}"),
 ];
 
 const METHODS: &[&str] = &[

@@ -199,6 +199,10 @@ pub fn server_registry() -> Registry<AppState> {
     let mut r = Registry::new();
     r.register(group_messages::KIND, group_messages::run);
     r.register(crate::tickets::sla::KIND, crate::tickets::sla::run);
+    r.register(
+        crate::tickets::AUTO_CLOSE_KIND,
+        crate::tickets::run_auto_close,
+    );
     r
 }
 

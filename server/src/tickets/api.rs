@@ -3,11 +3,12 @@
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
+use axum::routing::{get, patch, post};
 use axum::{Json, Router};
 use serde::Serialize;
 
 use super::sla::{self, NewPolicy, Policy, SlaView};
+use super::types::{self, NewType, TicketType, TypePatch};
 use super::{Event, ListQuery, NewNote, NewTicket, Note, Ticket, TicketPatch};
 use crate::api::{ApiJson, ApiQuery, Page};
 use crate::auth::AuthUser;
@@ -23,6 +24,8 @@ pub fn routes() -> Router<AppState> {
         .route("/tickets/{id}/notes", post(add_note))
         .route("/conversations/{id}/ticket", post(ticket_from_conversation))
         .route("/sla-policies", post(create_policy).get(list_policies))
+        .route("/ticket-types", post(create_type).get(list_types))
+        .route("/ticket-types/{id}", patch(patch_type))
 }
 
 /// A ticket as the API shows it; `events` and `notes` only on the single
@@ -173,4 +176,37 @@ async fn list_policies(
         items: sla::list_policies(state.store()).await?,
         next_cursor: None,
     }))
+}
+
+async fn create_type(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    ApiJson(body): ApiJson<NewType>,
+) -> AppResult<(StatusCode, Json<TicketType>)> {
+    caller.require_admin()?;
+    let t = types::create(state.store(), body).await?;
+    Ok((StatusCode::CREATED, Json(t)))
+}
+
+async fn list_types(
+    State(state): State<AppState>,
+    caller: AuthUser,
+) -> AppResult<Json<Page<TicketType>>> {
+    caller.require_staff()?;
+    Ok(Json(Page {
+        items: types::list(state.store()).await?,
+        next_cursor: None,
+    }))
+}
+
+async fn patch_type(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<TypePatch>,
+) -> AppResult<Json<TicketType>> {
+    caller.require_admin()?;
+    Ok(Json(
+        types::set_enabled(state.store(), &id, body.enabled).await?,
+    ))
 }

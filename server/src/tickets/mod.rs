@@ -14,7 +14,12 @@
 //! solution (pending_confirmation → resolved) or reopen (resolved/closed →
 //! processing).
 //!
-//! `type` is free text, 1 to 64 characters (no catalogue table yet).
+//! `type` is 1 to 64 characters; while the catalogue ([`types`]) has any
+//! type it must be an enabled one. A ticket created with a team and no
+//! assignee goes to one of the team's agents (`auto_assignee`). A resolved
+//! ticket the customer does not reopen is closed after
+//! `limits.ticket_auto_close_s` by a durable job keyed
+//! `ticket_auto_close:<ticket>:<resolved_at>`.
 //!
 //! Layout: this file (tickets, notes, events, who is told); [`sla`] (policies,
 //! the business-time clock of each ticket, threshold jobs, breach
@@ -22,6 +27,7 @@
 
 pub mod api;
 pub mod sla;
+pub mod types;
 
 use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
@@ -128,6 +134,11 @@ pub struct Ticket {
     pub first_response_met: Option<bool>,
     pub resolved_at: Option<i64>,
     pub resolution_met: Option<bool>,
+    /// Business ms used when a customer's public note began waiting for a
+    /// staff answer; `None` when nothing waits.
+    pub next_response_from: Option<i64>,
+    pub next_response_round: i64,
+    pub next_response_met: Option<bool>,
     pub created_at: i64,
     pub updated_at: i64,
 }
@@ -135,7 +146,7 @@ pub struct Ticket {
 const COLUMNS: &str = "id, title, description, type, priority, status, customer_id, team_id, \
     assignee_id, created_by, conv_id, escalation_level, attachments, sla_policy_id, sla_used_ms, \
     sla_since, sla_generation, first_response_at, first_response_met, resolved_at, resolution_met, \
-    created_at, updated_at";
+    next_response_from, next_response_round, next_response_met, created_at, updated_at";
 
 fn ticket_from_row(r: &AnyRow) -> AppResult<Ticket> {
     let status: String = r.try_get("status")?;
@@ -166,6 +177,9 @@ fn ticket_from_row(r: &AnyRow) -> AppResult<Ticket> {
         first_response_met: flag(r.try_get("first_response_met")?),
         resolved_at: r.try_get("resolved_at")?,
         resolution_met: flag(r.try_get("resolution_met")?),
+        next_response_from: r.try_get("next_response_from")?,
+        next_response_round: r.try_get("next_response_round")?,
+        next_response_met: flag(r.try_get("next_response_met")?),
         created_at: r.try_get("created_at")?,
         updated_at: r.try_get("updated_at")?,
     })
@@ -390,6 +404,7 @@ async fn insert(
     check_text("title", &input.title, 1, MAX_TITLE_CHARS)?;
     check_text("description", &input.description, 0, MAX_TEXT_CHARS)?;
     check_text("type", &input.kind, 1, MAX_TYPE_CHARS)?;
+    types::check(store, input.kind.trim()).await?;
     check_priority(&input.priority)?;
     let customer = match (&origin, &input.customer) {
         (Some(o), _) => o.customer.clone(),
@@ -411,6 +426,12 @@ async fn insert(
     if let Some(a) = &input.assignee {
         check_assignee(store, a).await?;
     }
+    // Without an assignee, a team's ticket goes to one of its agents.
+    let (assignee, auto) = match (&input.assignee, &team) {
+        (Some(a), _) => (Some(a.clone()), false),
+        (None, Some(team)) => (auto_assignee(store, team).await?, true),
+        (None, None) => (None, false),
+    };
     if input.attachments.len() > MAX_ATTACHMENTS {
         return Err(AppError::bad_request(format!(
             "at most {MAX_ATTACHMENTS} attachments"
@@ -426,7 +447,8 @@ async fn insert(
         }
     }
     let now = now_ms();
-    let policy = sla::policy_for(store, &input.priority, team.as_deref()).await?;
+    let policy =
+        sla::policy_for(store, &input.priority, input.kind.trim(), team.as_deref()).await?;
     let hours = sla::team_hours(store, team.as_deref()).await?;
     // The time the customer already waited counts against the targets.
     let used = origin.as_ref().map_or(0, |o| {
@@ -447,7 +469,7 @@ async fn insert(
     .bind(&input.priority)
     .bind(&customer)
     .bind(&team)
-    .bind(&input.assignee)
+    .bind(&assignee)
     .bind(&caller.id)
     .bind(origin.as_ref().map(|o| o.conv.as_str()))
     .bind(serde_json::to_string(&input.attachments).unwrap_or_else(|_| "[]".into()))
@@ -466,17 +488,10 @@ async fn insert(
         now,
     )
     .await?;
-    if let Some(a) = &input.assignee {
-        record(
-            &mut tx,
-            &id,
-            "assigned",
-            None,
-            Some(a),
-            Some(&caller.id),
-            now,
-        )
-        .await?;
+    if let Some(a) = &assignee {
+        // By the team's strategy: no actor.
+        let actor = (!auto).then_some(caller.id.as_str());
+        record(&mut tx, &id, "assigned", None, Some(a), actor, now).await?;
     }
     let t = load_in(&mut tx, &id)
         .await?
@@ -486,6 +501,113 @@ async fn insert(
     tracing::info!(ticket = %id, conv = ?origin.as_ref().map(|o| &o.conv), "ticket created");
     announce(state, &t, &[]);
     Ok(t)
+}
+
+/// The agent a new ticket of `team` gets when none is named: the team's
+/// members with team role `agent` and an enabled account are the candidates.
+/// A `round_robin` team takes them in user-id order, starting after the
+/// assignee of the team's newest assigned ticket; every other strategy
+/// (`least_load`, `skill`, `weighted`) takes the one with the fewest open
+/// tickets (not resolved or closed), ties to the lowest user id. Ticket
+/// counts only — the live chat engine's loads are not used.
+async fn auto_assignee(store: &Store, team_id: &str) -> AppResult<Option<String>> {
+    use crate::dispatch::engine::Strategy;
+    let Some(team) = crate::dispatch::teams::get(store, team_id).await? else {
+        return Ok(None);
+    };
+    let mut conn = store.read().acquire().await?;
+    if team.strategy != Strategy::RoundRobin {
+        return sla::least_loaded_agent(&mut conn, team_id, None).await;
+    }
+    let rows = sqlx::query(
+        "SELECT m.user_id FROM team_members m JOIN users u ON u.id = m.user_id \
+         WHERE m.team_id = $1 AND m.role = 'agent' AND u.disabled = 0 ORDER BY m.user_id",
+    )
+    .bind(team_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    let agents: Vec<String> = rows
+        .iter()
+        .map(|r| r.try_get("user_id"))
+        .collect::<Result<_, _>>()?;
+    let last: Option<String> = sqlx::query(
+        "SELECT assignee_id FROM tickets WHERE team_id = $1 AND assignee_id IS NOT NULL \
+         ORDER BY created_at DESC, id DESC LIMIT 1",
+    )
+    .bind(team_id)
+    .fetch_optional(&mut *conn)
+    .await?
+    .map(|r| r.try_get("assignee_id"))
+    .transpose()?;
+    let next = match &last {
+        Some(last) => agents.iter().find(|a| *a > last).or(agents.first()),
+        None => agents.first(),
+    };
+    Ok(next.cloned())
+}
+
+/// The job kind that closes a resolved ticket after
+/// `limits.ticket_auto_close_s`.
+pub const AUTO_CLOSE_KIND: &str = "ticket_auto_close";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct AutoClose {
+    ticket: String,
+    /// The resolution it belongs to: a ticket reopened and resolved again
+    /// has a new one (and a new job).
+    resolved_at: i64,
+}
+
+/// The job handler: closes the ticket if it is still in the resolution the
+/// job was planned for; otherwise (reopened, closed by hand) does nothing.
+pub async fn run_auto_close(state: AppState, job: crate::jobs::Job) -> crate::jobs::HandlerResult {
+    let p: AutoClose = serde_json::from_value(job.payload.clone())
+        .map_err(|e| format!("bad auto-close payload: {e}"))?;
+    auto_close(&state, &p).await.map_err(|e| {
+        e.log();
+        e.public_message()
+    })
+}
+
+async fn auto_close(state: &AppState, p: &AutoClose) -> AppResult<()> {
+    let now = now_ms();
+    let mut tx = state.store().write().begin().await?;
+    let Some(t) = load_in(&mut tx, &p.ticket).await? else {
+        return Ok(());
+    };
+    if t.status != Status::Resolved || t.resolved_at != Some(p.resolved_at) {
+        return Ok(());
+    }
+    let done = sqlx::query(
+        "UPDATE tickets SET status = 'closed', sla_generation = sla_generation + 1, \
+         updated_at = $2 WHERE id = $1 AND status = 'resolved' AND sla_generation = $3",
+    )
+    .bind(&t.id)
+    .bind(now)
+    .bind(t.sla_generation)
+    .execute(&mut *tx)
+    .await?;
+    if done.rows_affected() != 1 {
+        return Ok(());
+    }
+    record(
+        &mut tx,
+        &t.id,
+        "status",
+        Some("resolved"),
+        Some("closed"),
+        None,
+        now,
+    )
+    .await?;
+    record(&mut tx, &t.id, "auto_closed", None, None, None, now).await?;
+    let after = load_in(&mut tx, &t.id)
+        .await?
+        .ok_or_else(|| AppError::internal("ticket vanished"))?;
+    tx.commit().await?;
+    tracing::info!(ticket = %t.id, "resolved ticket closed automatically");
+    announce(state, &after, &[]);
+    Ok(())
 }
 
 /// A change asked for with PATCH; absent fields stay.
@@ -580,7 +702,7 @@ pub async fn update(
     let level = patch.escalation_level.unwrap_or(t.escalation_level);
     let new_hours = sla::team_hours(store, team.as_deref()).await?;
     let policy = if priority != t.priority || team != t.team {
-        sla::policy_for(store, &priority, team.as_deref()).await?
+        sla::policy_for(store, &priority, &t.kind, team.as_deref()).await?
     } else {
         match &t.sla_policy {
             Some(p) => sla::policy(store, p).await?,
@@ -673,6 +795,25 @@ pub async fn update(
         .await?
         .ok_or_else(|| AppError::internal("ticket vanished"))?;
     sla::plan(&mut tx, &t2, policy.as_ref(), new_hours.as_ref(), now).await?;
+    let auto_close_s = state.config().limits.ticket_auto_close_s as i64;
+    if let (Status::Resolved, Some(resolved_at), true) =
+        (t2.status, t2.resolved_at, auto_close_s > 0)
+    {
+        if !t.status.is_done() {
+            let payload = serde_json::to_value(AutoClose {
+                ticket: t2.id.clone(),
+                resolved_at,
+            })
+            .map_err(|e| AppError::internal(format!("payload: {e}")))?;
+            let job = crate::jobs::NewJob::new(
+                AUTO_CLOSE_KIND,
+                payload,
+                resolved_at + auto_close_s * 1000,
+            )
+            .unique(format!("ticket_auto_close:{}:{resolved_at}", t2.id));
+            crate::jobs::store::enqueue_in(&mut tx, &job, now).await?;
+        }
+    }
     tx.commit().await?;
     let previous = t
         .assignee
@@ -783,6 +924,60 @@ pub async fn add_note(
             now,
         )
         .await?;
+    } else if caller.role.is_staff() && visibility == "public" && t.next_response_from.is_some() {
+        // The answer to a waiting customer note: the next response.
+        let hours = sla::team_hours(store, t.team.as_deref()).await?;
+        let waited = t.clock.elapsed(hours.as_ref(), now) - t.next_response_from.unwrap_or(0);
+        let met = match &t.sla_policy {
+            Some(p) => sla::policy(store, p)
+                .await?
+                .and_then(|p| p.next_response_s)
+                .map(|s| i64::from(waited <= s * 1000)),
+            None => None,
+        };
+        sqlx::query(
+            "UPDATE tickets SET next_response_from = NULL, \
+             next_response_met = COALESCE(next_response_met, $3), updated_at = $2 WHERE id = $1",
+        )
+        .bind(id)
+        .bind(now)
+        .bind(met)
+        .execute(&mut *tx)
+        .await?;
+        record(
+            &mut tx,
+            id,
+            "next_response",
+            None,
+            None,
+            Some(&caller.id),
+            now,
+        )
+        .await?;
+    } else if !caller.role.is_staff()
+        && t.first_response_at.is_some()
+        && t.next_response_from.is_none()
+    {
+        // A customer's note after the first response waits for the next one.
+        let hours = sla::team_hours(store, t.team.as_deref()).await?;
+        sqlx::query(
+            "UPDATE tickets SET next_response_from = $3, \
+             next_response_round = next_response_round + 1, next_response_met = NULL, \
+             updated_at = $2 WHERE id = $1 AND next_response_from IS NULL",
+        )
+        .bind(id)
+        .bind(now)
+        .bind(t.clock.elapsed(hours.as_ref(), now))
+        .execute(&mut *tx)
+        .await?;
+        let t2 = load_in(&mut tx, id)
+            .await?
+            .ok_or_else(|| AppError::internal("ticket vanished"))?;
+        let policy = match &t2.sla_policy {
+            Some(p) => sla::policy(store, p).await?,
+            None => None,
+        };
+        sla::plan(&mut tx, &t2, policy.as_ref(), hours.as_ref(), now).await?;
     } else {
         sqlx::query("UPDATE tickets SET updated_at = $2 WHERE id = $1")
             .bind(id)
