@@ -661,6 +661,10 @@ pub enum ServerFrame {
         /// `left_message` or `overflowed`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         code: Option<String>,
+        /// The conversation the notice is about, when there is one (e.g. a
+        /// `transfer_note` or a `left_message`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        conv: Option<String>,
     },
 }
 

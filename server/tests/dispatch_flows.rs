@@ -740,10 +740,18 @@ async fn transfer_to_agent_and_team(backend: Backend) {
         |f| matches!(f, ServerFrame::Notice { code: Some(code), .. } if code == "transfer_note"),
     )
     .await;
-    let ServerFrame::Notice { text, .. } = notice else {
+    let ServerFrame::Notice {
+        text, conv: about, ..
+    } = notice
+    else {
         unreachable!()
     };
     assert_eq!(text, note);
+    assert_eq!(
+        about.as_deref(),
+        Some(conv.as_str()),
+        "the note names its conversation"
+    );
 
     // The receiver reads the whole history.
     let page = to_client.sync_after(&conv, 0, 100).await;

@@ -39,7 +39,8 @@ const parseSkills = (txt) => txt.split(/[,，]/).map((s) => s.trim()).filter(Boo
   return { name: name.trim(), level: Number(level) || 1 };
 });
 
-async function load() {
+async function load(s) {
+  if (s) session = s; // on a reload ready() runs inside staffPage(), before its return value is assigned
   try {
     teams = (await api(session, 'GET', '/teams')).items;
     staff = (await api(session, 'GET', '/users?limit=200')).items.filter((u) => u.role !== 'customer');

@@ -3,7 +3,7 @@
 // variables and `/` shortcodes, transfer, close, notice on new assignments.
 import { Conn, api } from '/static/sb.js';
 import { t, add, lang } from '/static/i18n.js';
-import { h, $, fill, fmtTime } from '/static/ui.js';
+import { h, $, fill, fmtTime, fmtDur } from '/static/ui.js';
 import { ConvMessages, Outbox, loadLatest, catchUp, loadOlder, watchGap, renderMessages, emojiPicker } from '/static/chat.js';
 import { staffPage, toast } from '/static/staff.js';
 
@@ -33,6 +33,11 @@ add({
   'c.placeholder': ['输入消息，回车发送，Shift+回车换行，/ 快捷回复', 'Type; Enter sends, Shift+Enter new line, / for quick replies'],
   'c.readonly': ['此会话已结束（只读）', 'This conversation has ended (read only)'],
   'c.transferred': ['会话已转出', 'Conversation transferred'],
+  'c.offer.left': ['{s} 后过期', 'expires in {s}'],
+  'c.offer.pane': ['此会话正在分配给您，请在 {s} 内接入', 'This conversation is offered to you; accept within {s}'],
+  'c.offer.gone': ['该会话已不再分配给您', 'This conversation is no longer offered to you'],
+  'c.tnote': ['转接备注', 'Transfer note'],
+  'c.tnote.toast': ['转接备注：{m}', 'Transfer note: {m}'],
 });
 
 const DEFAULT_QUICK = [
@@ -52,10 +57,14 @@ const tabs = []; // open conversation ids
 let sel = null;
 let unseen = 0;
 const me = () => session.user.id;
+/** An open offer to me (not yet past its expiry as this clock sees it). */
+const offeredToMe = (c) => c.state === 'queued' && c.offered_to === me() && !(c.offer_expires_at && c.offer_expires_at <= Date.now());
+const remaining = (c) => fmtDur(Math.max(0, (c.offer_expires_at - Date.now()) / 1000));
 
 session = staffPage('sb.console', ['agent', 'supervisor', 'admin'], start, renderAll);
 
-function start() {
+function start(s) {
+  session = s; // on a reload ready() runs inside staffPage(), before its return value is assigned
   outbox = new Outbox('sb.console.outbox');
   const pres = $('#presence');
   for (const s of ['online', 'busy', 'away', 'offline']) pres.append(h('option', { value: s }, t(`st.${s}`)));
@@ -71,7 +80,18 @@ function start() {
   });
   conn.start();
   document.addEventListener('visibilitychange', () => { if (!document.hidden) { unseen = 0; document.title = t('c.title'); markRead(); } });
-  setInterval(() => { renderTyping(); }, 1000);
+  setInterval(() => { renderTyping(); tickOffers(); }, 1000);
+}
+
+/** Counts the offers down; an expired one leaves the list (the server withdraws it too). */
+function tickOffers() {
+  let gone = false;
+  for (const el of document.querySelectorAll('[data-until]')) {
+    const c = convs.get(el.dataset.conv);
+    if (!c || !offeredToMe(c)) { gone = true; continue; }
+    el.textContent = t(el.dataset.fmt, { s: remaining(c) });
+  }
+  if (gone) renderAll();
 }
 
 function setPresence(s) {
@@ -109,7 +129,7 @@ function upsert(c, fromAuth) {
   convs.set(c.id, info);
   const wasMine = old && old.state === 'active' && old.agent === me();
   const nowMine = info.state === 'active' && info.agent === me();
-  const offered = info.state === 'queued' && info.offered_to === me();
+  const offered = offeredToMe(info);
   const wasOffered = old && old.state === 'queued' && old.offered_to === me();
   if (!fromAuth && ((nowMine && !wasMine) || (offered && !wasOffered))) notify(info);
   return info;
@@ -174,7 +194,11 @@ function event(f) {
       if (f.user === me()) $('#presence').value = f.status;
       break;
     case 'notice':
-      toast(f.text);
+      if (f.code === 'transfer_note') {
+        toast(t('c.tnote.toast', { m: f.text }));
+        // The history holds the note too: refresh the notes of my conversations.
+        setTimeout(() => { for (const id of tabs) if (convs.get(id)?.agent === me()) loadNotes(id); }, 300);
+      } else toast(f.text);
       break;
     default: break;
   }
@@ -189,13 +213,14 @@ function renderAll() { renderList(); renderTabs(); renderPane(); renderInfo(); }
 function renderList() {
   const offers = [], active = [];
   for (const c of convs.values()) {
-    if (c.state === 'queued' && c.offered_to === me()) offers.push(c);
+    if (offeredToMe(c)) offers.push(c);
     else if (c.state === 'active' && c.agent === me()) active.push(c);
   }
   const item = (c, offer) => h('div', {
     class: `conv-item${sel === c.id ? ' sel' : ''}`, dataset: { conv: c.id }, onclick: () => openTab(c.id),
   },
   h('span', { class: 'nm' }, label(c)),
+  offer ? h('span', { class: 'countdown muted', dataset: { conv: c.id, until: c.offer_expires_at, fmt: 'c.offer.left' } }, t('c.offer.left', { s: remaining(c) })) : null,
   offer ? h('button', { class: 'primary accept', type: 'button', onclick: (e) => { e.stopPropagation(); accept(c.id); } }, t('c.accept'))
     : unread(c) ? h('span', { class: 'badge' }, unread(c)) : null);
   fill($('#list'),
@@ -210,12 +235,20 @@ function accept(id) {
 function openTab(id) {
   if (!tabs.includes(id)) tabs.push(id);
   sel = id;
+  ensure(id);
+  unseen = 0; document.title = t('c.title');
+  renderAll();
+}
+
+/** Loads a conversation's messages, read marks and transfer notes once it is readable (not while only offered). */
+function ensure(id) {
+  const c = convs.get(id);
+  if (c && c.state === 'queued' && c.offered_to === me()) return;
   let cm = msgs.get(id);
-  if (!cm) {
+  if (!cm && conn?.online) {
     cm = new ConvMessages(id);
     msgs.set(id, cm);
-    const c = convs.get(id);
-    if (conn.online) {
+    {
       loadLatest(conn, cm, c?.last_seq || 0).then(() => {
         nameFromMessages(id);
         renderAll();
@@ -224,10 +257,19 @@ function openTab(id) {
         for (const m of ms) if (m.role === 'customer' || m.user === c?.customer) readBy.set(id, m.last_read_seq);
         if (sel === id) renderPane();
       }).catch(() => {});
+      loadNotes(id);
     }
   }
-  unseen = 0; document.title = t('c.title');
-  renderAll();
+}
+
+/** The notes of the transfers to me, from the conversation's history. */
+function loadNotes(id) {
+  api(session, 'GET', `/conversations/${id}/events`).then((r) => {
+    const c = convs.get(id);
+    if (!c) return;
+    c.notes = r.items.filter((e) => e.kind === 'transferred' && e.note && e.agent === me());
+    if (sel === id) renderInfo();
+  }, () => {});
 }
 
 function nameFromMessages(id) {
@@ -258,6 +300,15 @@ function renderPane() {
   const pane = $('#pane');
   if (!sel) { paneEls = null; pane.replaceChildren(h('div', { class: 'empty' }, t('c.pick'))); return; }
   const c = convs.get(sel);
+  if (c && c.state === 'queued' && c.offered_to === me()) {
+    paneEls = null;
+    const open = offeredToMe(c);
+    pane.replaceChildren(h('div', { class: 'empty offer-pane' },
+      open ? h('div', { class: 'countdown', dataset: { conv: c.id, until: c.offer_expires_at, fmt: 'c.offer.pane' } }, t('c.offer.pane', { s: remaining(c) })) : t('c.offer.gone'),
+      open ? h('button', { class: 'primary accept', type: 'button', onclick: () => accept(c.id) }, t('c.accept')) : null));
+    return;
+  }
+  ensure(sel);
   const writable = c && c.state === 'active' && c.agent === me();
   if (!paneEls || paneEls.conv !== sel || paneEls.writable !== writable || paneEls.lang !== lang()) {
     paneEls = { conv: sel, writable, lang: lang(), msgs: h('div', { class: 'msgs', role: 'log' }), typing: h('div', { class: 'typing' }) };
@@ -374,6 +425,7 @@ async function renderInfo() {
     h('div', { class: 'cust-name' }, h('b', {}, c.name || '—')),
     h('div', { class: 'muted' }, c.customer || ''),
     c.topic ? h('div', {}, `${t('c.topic')}: ${c.topic}`) : null,
+    (c.notes || []).map((n) => h('div', { class: 'transfer-note' }, h('b', {}, `${t('c.tnote')} · ${fmtTime(n.at)}`), h('div', { class: 'text' }, n.note))),
     h('div', { class: 'muted' }, `${t('c.started')}: ${fmtTime(c.created_at)}`),
     h('div', { class: 'muted' }, t(`state.${c.state}`)),
     mine ? h('div', { class: 'row' },

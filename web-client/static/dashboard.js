@@ -39,9 +39,10 @@ const active = new Map(); // conv -> {conv, team, agent, since}
 const picked = new Set();
 let chartsLoaded = false;
 
-session = staffPage('sb.dashboard', ['supervisor', 'admin'], start, render);
+session = staffPage('sb.dashboard', ['supervisor', 'admin'], start, () => rerender());
 
-async function start() {
+async function start(s) {
+  session = s; // on a reload ready() runs inside staffPage(), before its return value is assigned
   try {
     names = await staffNames(session);
     const tl = await api(session, 'GET', '/teams');
@@ -110,10 +111,45 @@ async function todaysEvents() {
 
 const agentName = (id) => names.get(id)?.name || id;
 const teamName = (id) => teams.get(id)?.name || id || '—';
+
+// Rendering updates the page in place: rows and their controls are kept by
+// key, so a live update never resets (or closes) a dropdown, a checkbox or a
+// selection the supervisor is using.
+let cache = new Map(); // key -> element
+let used = new Set();
+function keep(key, make) {
+  let el = cache.get(key);
+  if (!el) { el = make(); cache.set(key, el); }
+  used.add(key);
+  return el;
+}
+/** Makes parent's element children exactly `nodes`, moving only what must move. */
+function reconcile(parent, nodes) {
+  const want = new Set(nodes);
+  for (const el of [...parent.children]) if (!want.has(el)) el.remove();
+  nodes.forEach((n, i) => { const cur = parent.children[i]; if (cur !== n) parent.insertBefore(n, cur || null); });
+}
+const setText = (el, text) => { if (el.textContent !== String(text)) el.textContent = text; };
+
+/** A select of agents; syncAgents() refreshes its options in place, keeping the chosen value. */
 function agentSelect(exclude) {
-  return h('select', { class: 'agent-pick' }, h('option', { value: '' }, '—'),
-    [...agents.values()].filter((a) => a.user !== exclude).map((a) => h('option', { value: a.user },
-      `${agentName(a.user)} (${a.load ?? 0}/${a.capacity || '?'})`)));
+  const s = h('select', { class: 'agent-pick' });
+  s.dataset.exclude = exclude || '';
+  syncAgents(s);
+  return s;
+}
+function syncAgents(s) {
+  const want = [['', '—'], ...[...agents.values()].filter((a) => a.user !== s.dataset.exclude)
+    .map((a) => [a.user, `${agentName(a.user)} (${a.load ?? 0}/${a.capacity || '?'})`])];
+  const value = s.value;
+  want.forEach(([v, text], i) => {
+    let o = s.options[i];
+    if (!o) { o = h('option', { value: v }); s.append(o); }
+    if (o.value !== v) o.value = v;
+    setText(o, text);
+  });
+  while (s.options.length > want.length) s.options[s.options.length - 1].remove();
+  if (s.value !== value && want.some(([v]) => v === value)) s.value = value;
 }
 
 async function assign(conv, agent) {
@@ -130,44 +166,82 @@ async function batch(agent) {
     toast(t('d.done', { n: ok }));
     for (const x of r.results) if (!x.ok) toast(`${x.conv}: ${x.message}`, 'error');
   } catch (e) { toast(t('err', { m: e.message }), 'error'); }
+  render();
 }
 
 const chartBox = h('div', { class: 'charts' });
+function rerender() { cache = new Map(); $('#grid').replaceChildren(); render(); }
+
+function queueRow(w) {
+  const row = keep(`q:${w.conv}`, () => {
+    const s = agentSelect();
+    const cb = h('input', { type: 'checkbox', onchange: (e) => { if (e.target.checked) picked.add(w.conv); else picked.delete(w.conv); } });
+    return h('tr', { dataset: { conv: w.conv } }, h('td', {}, cb), h('td', { class: 'pos' }), h('td', {}, w.customer.slice(-8)),
+      h('td', { class: 'since', dataset: { since: w.since } }, fmtDur((Date.now() - w.since) / 1000)),
+      h('td', { class: 'inline' }, s, h('button', { class: 'ghost assign', type: 'button', onclick: () => assign(w.conv, s.value) }, t('d.assign'))));
+  });
+  setText(row.querySelector('.pos'), w.position);
+  row.querySelector('input[type=checkbox]').checked = picked.has(w.conv);
+  syncAgents(row.querySelector('select'));
+  return row;
+}
+
+function queueCard(team, waiting) {
+  const card = keep(`qc:${team}`, () => h('div', { class: 'card queue', dataset: { team } }, h('h3'),
+    h('table', {}, h('tr', {}, h('th', {}, ''), h('th', {}, t('d.pos')), h('th', {}, t('d.customer')), h('th', {}, t('d.waited')), h('th', {}, t('d.assign')))),
+    h('div', { class: 'muted' }, t('d.empty'))));
+  setText(card.querySelector('h3'), `${teamName(team)} · ${waiting.length}`);
+  const [head, table, empty] = card._parts || (card._parts = [...card.children]);
+  reconcile(table, [table.firstElementChild, ...waiting.map(queueRow)]);
+  reconcile(card, [head, waiting.length ? table : empty]);
+  return card;
+}
+
 function render() {
   const grid = $('#grid');
-  const queueCards = [...queues.entries()].map(([team, waiting]) => h('div', { class: 'card queue', dataset: { team } },
-    h('h3', {}, `${teamName(team)} · ${waiting.length}`),
-    waiting.length ? h('table', {}, h('tr', {}, h('th', {}, ''), h('th', {}, t('d.pos')), h('th', {}, t('d.customer')), h('th', {}, t('d.waited')), h('th', {}, t('d.assign'))),
-      waiting.map((w) => {
-        const s = agentSelect();
-        return h('tr', { dataset: { conv: w.conv } },
-          h('td', {}, h('input', { type: 'checkbox', checked: picked.has(w.conv), onchange: (e) => { if (e.target.checked) picked.add(w.conv); else picked.delete(w.conv); } })),
-          h('td', {}, w.position), h('td', {}, w.customer.slice(-8)),
-          h('td', { class: 'since', dataset: { since: w.since } }, fmtDur((Date.now() - w.since) / 1000)),
-          h('td', { class: 'inline' }, s, h('button', { class: 'ghost assign', type: 'button', onclick: () => assign(w.conv, s.value) }, t('d.assign'))));
-      })) : h('div', { class: 'muted' }, t('d.empty'))));
-  const batchSel = agentSelect();
-  const agentRows = [...agents.values()].sort((a, b) => agentName(a.user).localeCompare(agentName(b.user)));
-  const actRows = [...active.values()].sort((a, b) => a.since - b.since);
-  grid.replaceChildren(
-    h('div', { class: 'card wide' }, h('h3', {}, t('d.queues')),
-      h('div', { class: 'inline' }, batchSel, h('button', { class: 'primary', type: 'button', id: 'batch', onclick: () => batch(batchSel.value) }, t('d.batch')))),
-    ...queueCards,
-    h('div', { class: 'card', id: 'agents' }, h('h3', {}, t('d.agents')),
-      h('table', {}, h('tr', {}, h('th', {}, t('d.agent')), h('th', {}, t('d.status')), h('th', {}, t('d.load')), h('th', {}, t('d.since'))),
-        agentRows.map((a) => h('tr', { dataset: { user: a.user } }, h('td', {}, agentName(a.user)),
-          h('td', {}, h('span', { class: `dot ${a.status}` }), t(`st.${a.status}`)),
-          h('td', { class: 'load' }, `${a.load ?? 0}/${a.capacity || '?'}`),
-          h('td', { class: 'since', dataset: { since: a.since || 0 } }, a.since ? fmtDur((Date.now() - a.since) / 1000) : '—'))))),
-    h('div', { class: 'card', id: 'active' }, h('h3', {}, t('d.active')),
-      h('table', {}, h('tr', {}, h('th', {}, t('d.conv')), h('th', {}, t('d.team')), h('th', {}, t('d.agent')), h('th', {}, t('d.since')), h('th', {}, t('d.reassign'))),
-        actRows.map((c) => {
-          const s = agentSelect(c.agent);
-          return h('tr', { dataset: { conv: c.conv, agent: c.agent } }, h('td', {}, c.conv.slice(-8)), h('td', {}, teamName(c.team)),
-            h('td', { class: 'agent' }, agentName(c.agent)), h('td', { class: 'since', dataset: { since: c.since } }, fmtDur((Date.now() - c.since) / 1000)),
-            h('td', { class: 'inline' }, s, h('button', { class: 'ghost reassign', type: 'button', onclick: () => assign(c.conv, s.value) }, t('d.reassign'))));
-        }))),
-    h('div', { class: 'card wide' }, h('h3', { class: 'inline' }, t('d.charts'), h('button', { class: 'ghost', type: 'button', onclick: loadCharts }, t('d.refresh'))), chartBox));
+  used = new Set();
+  const top = keep('batch', () => {
+    const batchSel = agentSelect();
+    batchSel.id = 'batch-agent';
+    return h('div', { class: 'card wide' }, h('h3', {}, t('d.queues')),
+      h('div', { class: 'inline' }, batchSel, h('button', { class: 'primary', type: 'button', id: 'batch', onclick: () => batch(batchSel.value) }, t('d.batch'))));
+  });
+  syncAgents(top.querySelector('select'));
+  const queueCards = [...queues.entries()].map(([team, waiting]) => queueCard(team, waiting));
+
+  const agentsCard = keep('agents', () => h('div', { class: 'card', id: 'agents' }, h('h3', {}, t('d.agents')),
+    h('table', {}, h('tr', {}, h('th', {}, t('d.agent')), h('th', {}, t('d.status')), h('th', {}, t('d.load')), h('th', {}, t('d.since'))))));
+  const at = agentsCard.querySelector('table');
+  reconcile(at, [at.firstElementChild, ...[...agents.values()].sort((a, b) => agentName(a.user).localeCompare(agentName(b.user))).map((a) => {
+    const row = keep(`a:${a.user}`, () => h('tr', { dataset: { user: a.user } }, h('td', {}, agentName(a.user)),
+      h('td', { class: 'status' }), h('td', { class: 'load' }), h('td', { class: 'since' })));
+    const st = row.querySelector('.status');
+    if (st.dataset.status !== a.status) { st.dataset.status = a.status; st.replaceChildren(h('span', { class: `dot ${a.status}` }), t(`st.${a.status}`)); }
+    setText(row.querySelector('.load'), `${a.load ?? 0}/${a.capacity || '?'}`);
+    const since = row.querySelector('.since');
+    since.dataset.since = a.since || 0;
+    setText(since, a.since ? fmtDur((Date.now() - a.since) / 1000) : '—');
+    return row;
+  })]);
+
+  const activeCard = keep('active', () => h('div', { class: 'card', id: 'active' }, h('h3', {}, t('d.active')),
+    h('table', {}, h('tr', {}, h('th', {}, t('d.conv')), h('th', {}, t('d.team')), h('th', {}, t('d.agent')), h('th', {}, t('d.since')), h('th', {}, t('d.reassign'))))));
+  const act = activeCard.querySelector('table');
+  reconcile(act, [act.firstElementChild, ...[...active.values()].sort((a, b) => a.since - b.since).map((c) => {
+    // A new agent makes a new row (its select excludes the agent).
+    const row = keep(`c:${c.conv}:${c.agent}`, () => {
+      const s = agentSelect(c.agent);
+      return h('tr', { dataset: { conv: c.conv, agent: c.agent } }, h('td', {}, c.conv.slice(-8)), h('td', {}, teamName(c.team)),
+        h('td', { class: 'agent' }, agentName(c.agent)), h('td', { class: 'since', dataset: { since: c.since } }, fmtDur((Date.now() - c.since) / 1000)),
+        h('td', { class: 'inline' }, s, h('button', { class: 'ghost reassign', type: 'button', onclick: () => assign(c.conv, s.value) }, t('d.reassign'))));
+    });
+    syncAgents(row.querySelector('select'));
+    return row;
+  })]);
+
+  const charts = keep('charts', () => h('div', { class: 'card wide' }, h('h3', { class: 'inline' }, t('d.charts'), h('button', { class: 'ghost', type: 'button', onclick: loadCharts }, t('d.refresh'))), chartBox));
+  reconcile(grid, [top, ...queueCards, agentsCard, activeCard, charts]);
+  for (const k of [...cache.keys()]) if (!used.has(k)) cache.delete(k);
 }
 
 function renderTimes() {

@@ -68,7 +68,8 @@ export function staffPage(key, roles, ready, rerender) {
 
 /** A small notice line at the top of the page. */
 export function toast(text, level = 'info') {
-  const el = h('div', { class: `toast ${level}` }, text);
+  // Not `toast info`: `.info` is the console's side panel.
+  const el = h('div', { class: level === 'info' ? 'toast' : `toast ${level}` }, text);
   document.body.append(el);
   setTimeout(() => el.remove(), 4000);
 }

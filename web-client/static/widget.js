@@ -331,8 +331,13 @@ function render() {
     markRead();
   }
   renderTyping();
-  if (c && c.state === 'closed') ui.bottom.replaceChildren(st.rating === 'ask' ? rateBox() : ended());
-  else ui.bottom.replaceChildren(ui.composer);
+  // Only when it changes: re-inserting the composer (or the rating form) on
+  // every event would blur it, and a key pressed meanwhile would be lost.
+  const mode = c && c.state === 'closed' ? `closed|${st.rating}` : 'composer';
+  if (ui.bottomMode !== mode) {
+    ui.bottomMode = mode;
+    ui.bottom.replaceChildren(mode === 'composer' ? ui.composer : st.rating === 'ask' ? rateBox() : ended());
+  }
 }
 
 function renderTyping() {

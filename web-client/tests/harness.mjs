@@ -1,7 +1,7 @@
 // Test harness: real `switchboard` servers (temp SQLite data dirs, loopback
 // ports) and Debian's chromium driven by playwright-core.
 import { spawn, execFileSync } from 'node:child_process';
-import { mkdtempSync, mkdirSync, rmSync } from 'node:fs';
+import { mkdtempSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import net from 'node:net';
@@ -70,14 +70,14 @@ export class Server {
 }
 
 /** An admin, agents, one default team with its agents, and a quick link. */
-export async function setup(server, { agents = [['alice', '小李']], maxConcurrency = 5 } = {}) {
+export async function setup(server, { agents = [['alice', '小李']], maxConcurrency = 5, strategyParams } = {}) {
   const admin = await server.login('admin', ADMIN_PASSWORD);
   const made = [];
   for (const [username, name] of agents) {
     const u = await server.api('POST', '/users', { username, password: AGENT_PASSWORD, name, role: 'agent' }, admin);
     made.push({ ...u, username, password: AGENT_PASSWORD });
   }
-  const team = await server.api('POST', '/teams', { name: '售后服务', strategy: 'least_load', max_concurrency: maxConcurrency, default: true }, admin);
+  const team = await server.api('POST', '/teams', { name: '售后服务', strategy: 'least_load', max_concurrency: maxConcurrency, default: true, strategy_params: strategyParams }, admin);
   for (const a of made) await server.api('POST', `/teams/${team.id}/members`, { user: a.id }, admin);
   const link = await server.api('POST', '/quick-links', { max_uses: 100 }, admin);
   return { admin, agents: made, team, quick: link.token };
@@ -92,10 +92,21 @@ export async function launch() {
  * desktop. page.problems collects console errors and page errors; CSP
  * violations are among them.
  */
-export async function newPage(browser, { mobile = false } = {}) {
+export async function newPage(browser, { mobile = false, locale = 'zh-CN', timezoneId = 'Asia/Shanghai' } = {}) {
   const ctx = await browser.newContext(mobile
-    ? { viewport: { width: 390, height: 720 }, isMobile: true, hasTouch: true, locale: 'zh-CN', timezoneId: 'Asia/Shanghai' }
-    : { viewport: { width: 1280, height: 760 }, locale: 'zh-CN', timezoneId: 'Asia/Shanghai' });
+    ? { viewport: { width: 390, height: 720 }, isMobile: true, hasTouch: true, locale, timezoneId }
+    : { viewport: { width: 1280, height: 760 }, locale, timezoneId });
+  if (process.env.SB_WEB_FROM_DISK) {
+    // Development only: the modules and styles from web-client/static/ on disk
+    // instead of those embedded in the binary (no rebuild per edit).
+    await ctx.route(/\/static\/[a-z]+\.(js|css)$/, (route) => {
+      const name = new URL(route.request().url()).pathname.split('/').pop();
+      route.fulfill({
+        body: readFileSync(fileURLToPath(new URL(`../static/${name}`, import.meta.url))),
+        contentType: name.endsWith('.js') ? 'text/javascript; charset=utf-8' : 'text/css; charset=utf-8',
+      });
+    });
+  }
   const page = await ctx.newPage();
   page.setDefaultTimeout(20000);
   page.problems = [];

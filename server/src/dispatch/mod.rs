@@ -513,7 +513,7 @@ fn deliver_message(state: &AppState, msg: &switchboard_protocol::Message) {
     );
 }
 
-fn notice(state: &AppState, user: &str, level: NoticeLevel, code: &str, text: &str) {
+fn notice(state: &AppState, user: &str, conv: &str, level: NoticeLevel, code: &str, text: &str) {
     state.deliver_frame(
         Target::User(user.to_string()),
         Exclude::Nobody,
@@ -521,6 +521,7 @@ fn notice(state: &AppState, user: &str, level: NoticeLevel, code: &str, text: &s
             level,
             text: text.to_string(),
             code: Some(code.to_string()),
+            conv: Some(conv.to_string()),
         },
     );
 }
@@ -697,6 +698,7 @@ pub async fn consult(
         notice(
             state,
             &user.id,
+            &id,
             NoticeLevel::Info,
             "left_message",
             "暂时没有客服可以接待，您可以留言，客服上线后会尽快回复。No agent is available right now; leave a message and we will reply as soon as we are back.",
@@ -987,7 +989,7 @@ async fn activate(state: &AppState, conv: &str, agent: &str, how: How<'_>) -> Ap
     if let How::Transfer { note: Some(n), .. } = how {
         // The note is for the receiving agent; the customer sees the system
         // message only. It is kept in the conversation's history too.
-        notice(state, agent, NoticeLevel::Info, "transfer_note", n);
+        notice(state, agent, conv, NoticeLevel::Info, "transfer_note", n);
     }
     announce(state, conv, previous.as_slice()).await?;
     presence_changed(state, agent).await?;
@@ -1599,6 +1601,7 @@ async fn overflow(state: &AppState, team: &Team, conv: &str, why: &str) -> AppRe
             notice(
                 state,
                 customer,
+                conv,
                 NoticeLevel::Info,
                 "left_message",
                 "客服正忙，您的消息已作为留言保存，客服会尽快回复。All agents are busy; your conversation is kept as a message and we will reply as soon as we can.",
