@@ -7,7 +7,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{error_code, Backend, Client, Setup};
+use common::dispatch::*;
+use common::{error_code, Backend, Setup};
 use serde_json::json;
 use switchboard_protocol::{
     ClientFrame, ConversationState, ErrorCode, OkBody, PresenceStatus, ServerFrame, WatchTeams,
@@ -35,55 +36,6 @@ macro_rules! on_both_backends {
 }
 
 on_both_backends!(done_means_scenario, roles_are_enforced);
-
-/// Waits for a frame, with a deadline that names what was awaited.
-async fn expect(c: &mut Client, what: &str, pred: impl FnMut(&ServerFrame) -> bool) -> ServerFrame {
-    tokio::time::timeout(Duration::from_secs(10), c.recv_until(pred))
-        .await
-        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
-}
-
-async fn ok(c: &mut Client, frame: impl FnOnce(Option<u64>) -> ClientFrame) -> OkBody {
-    match c.request(frame).await {
-        ServerFrame::Ok { body, .. } => body,
-        other => panic!("expected ok, got {other:?}"),
-    }
-}
-
-async fn go_online(c: &mut Client) {
-    ok(c, |req| ClientFrame::Presence {
-        req,
-        status: PresenceStatus::Online,
-    })
-    .await;
-}
-
-async fn consult(c: &mut Client) -> String {
-    match ok(c, |req| ClientFrame::Consult {
-        req,
-        team: None,
-        topic: None,
-        text: Some("你好，我想咨询".into()),
-    })
-    .await
-    {
-        OkBody::Consulted { conv } => conv,
-        other => panic!("consult answered {other:?}"),
-    }
-}
-
-/// The agent a conversation is active with, once the event arrives.
-async fn assigned_agent(c: &mut Client, conv: &str) -> String {
-    let f = expect(c, "assignment", |f| {
-        matches!(f, ServerFrame::Conversation { conv: info }
-            if info.id == conv && info.state == ConversationState::Active)
-    })
-    .await;
-    match f {
-        ServerFrame::Conversation { conv } => conv.agent.expect("active has an agent"),
-        _ => unreachable!(),
-    }
-}
 
 /// The admin makes a team with two agents of max concurrency 2; four
 /// customers are spread 2/2 by round robin; a fifth waits at position 1 with

@@ -12,11 +12,12 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::dispatch::*;
 use common::{error_code, Backend, Client, Setup, TestServer};
 use serde_json::{json, Value};
 use switchboard_protocol::{
-    ClientFrame, ConversationInfo, ConversationState, ErrorCode, MessageKind, NoticeLevel, OkBody,
-    PresenceStatus, ServerFrame,
+    ClientFrame, ConversationState, ErrorCode, MessageKind, NoticeLevel, PresenceStatus,
+    ServerFrame,
 };
 
 macro_rules! on_both_backends {
@@ -57,135 +58,6 @@ const SWEEP_WAIT: Duration = Duration::from_secs(6);
 // ---------------------------------------------------------------------------
 // Helpers (the small ones are copied from tests/dispatch_flows.rs).
 
-/// Waits for a frame, with a deadline that names what was awaited.
-async fn expect(c: &mut Client, what: &str, pred: impl FnMut(&ServerFrame) -> bool) -> ServerFrame {
-    expect_within(c, Duration::from_secs(10), what, pred).await
-}
-
-async fn expect_within(
-    c: &mut Client,
-    limit: Duration,
-    what: &str,
-    pred: impl FnMut(&ServerFrame) -> bool,
-) -> ServerFrame {
-    tokio::time::timeout(limit, c.recv_until(pred))
-        .await
-        .unwrap_or_else(|_| panic!("timed out after {limit:?} waiting for {what}"))
-}
-
-async fn ok(c: &mut Client, frame: impl FnOnce(Option<u64>) -> ClientFrame) -> OkBody {
-    match c.request(frame).await {
-        ServerFrame::Ok { body, .. } => body,
-        other => panic!("expected ok, got {other:?}"),
-    }
-}
-
-async fn set_presence(c: &mut Client, status: PresenceStatus) {
-    ok(c, |req| ClientFrame::Presence { req, status }).await;
-}
-
-async fn go_online(c: &mut Client) {
-    set_presence(c, PresenceStatus::Online).await;
-}
-
-async fn consult_with(
-    c: &mut Client,
-    team: Option<&str>,
-    topic: Option<&str>,
-    text: Option<&str>,
-) -> String {
-    match ok(c, |req| ClientFrame::Consult {
-        req,
-        team: team.map(str::to_string),
-        topic: topic.map(str::to_string),
-        text: text.map(str::to_string),
-    })
-    .await
-    {
-        OkBody::Consulted { conv } => conv,
-        other => panic!("consult answered {other:?}"),
-    }
-}
-
-/// The conversation's next `conversation` frame that satisfies `pred`,
-/// within `limit`.
-async fn conversation_within(
-    c: &mut Client,
-    limit: Duration,
-    conv: &str,
-    what: &str,
-    mut pred: impl FnMut(&ConversationInfo) -> bool,
-) -> ConversationInfo {
-    let f = expect_within(
-        c,
-        limit,
-        what,
-        |f| matches!(f, ServerFrame::Conversation { conv: info } if info.id == conv && pred(info)),
-    )
-    .await;
-    match f {
-        ServerFrame::Conversation { conv } => conv,
-        _ => unreachable!(),
-    }
-}
-
-/// The conversation's next `conversation` frame that satisfies `pred`.
-async fn conversation_where(
-    c: &mut Client,
-    conv: &str,
-    what: &str,
-    pred: impl FnMut(&ConversationInfo) -> bool,
-) -> ConversationInfo {
-    conversation_within(c, Duration::from_secs(10), conv, what, pred).await
-}
-
-/// The agent a conversation is active with, once the event arrives.
-async fn assigned_agent(c: &mut Client, conv: &str) -> String {
-    conversation_where(c, conv, "assignment", |i| {
-        i.state == ConversationState::Active
-    })
-    .await
-    .agent
-    .expect("active has an agent")
-}
-
-/// Every frame already received plus those arriving until the connection
-/// has been quiet for `quiet`.
-async fn drain_quiet(c: &mut Client, quiet: Duration) -> Vec<ServerFrame> {
-    let mut out = std::mem::take(&mut c.backlog);
-    while let Ok(f) = tokio::time::timeout(quiet, c.recv()).await {
-        out.push(f);
-    }
-    out
-}
-
-/// Creates a team as the admin; returns its id.
-async fn create_team(server: &TestServer, admin: &str, body: Value) -> String {
-    let (status, team) = server.post("/api/v1/teams", Some(admin), body).await;
-    assert_eq!(status, 201, "create team: {team}");
-    team["id"].as_str().unwrap().to_string()
-}
-
-async fn add_member(server: &TestServer, admin: &str, team: &str, user: &str) {
-    let (status, body) = server
-        .post(
-            &format!("/api/v1/teams/{team}/members"),
-            Some(admin),
-            json!({"user": user}),
-        )
-        .await;
-    assert_eq!(status, 200, "add member: {body}");
-}
-
-/// The team's live queue as a supervisor sees it over REST.
-async fn rest_queue(server: &TestServer, token: &str, team: &str) -> Value {
-    let (status, q) = server
-        .get(&format!("/api/v1/teams/{team}/queue"), Some(token))
-        .await;
-    assert_eq!(status, 200, "queue: {q}");
-    q
-}
-
 /// The waiting and the pending conversation ids of a REST queue.
 fn queue_ids(q: &Value) -> (Vec<String>, Vec<String>) {
     let ids = |list: &Value, field: &str| -> Vec<String> {
@@ -209,19 +81,6 @@ async fn events(server: &TestServer, token: &str, conv: &str) -> Vec<Value> {
 
 fn kinds(events: &[Value]) -> Vec<&str> {
     events.iter().map(|e| e["kind"].as_str().unwrap()).collect()
-}
-
-/// A connected staff member who went online.
-async fn online_staff(s: &Setup, username: &str) -> (String, Client) {
-    let (id, token) = s.staff(username, "agent").await;
-    let mut c = s.server.client(&token).await;
-    go_online(&mut c).await;
-    (id, c)
-}
-
-async fn customer(s: &Setup, name: &str) -> (String, Client) {
-    let (id, token) = s.server.quick_customer(&s.admin_token, name).await;
-    (id, s.server.client(&token).await)
 }
 
 /// The next `left_message` notice.

@@ -9,6 +9,8 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod dispatch;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
