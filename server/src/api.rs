@@ -36,6 +36,7 @@ pub fn router(state: AppState) -> Router {
         .route("/auth/login", post(login))
         .route("/auth/refresh", post(refresh))
         .route("/auth/quick", post(redeem_quick_link))
+        .route("/auth/identity", post(identity_sign_in))
         .route("/auth/sms/send", post(sms_unavailable))
         .route("/auth/sms/verify", post(sms_unavailable))
         .route("/me", get(get_me))
@@ -217,6 +218,13 @@ async fn redeem_quick_link(
     Ok(Json(
         auth::redeem_quick_link(&state, &body.token, body.name.as_deref()).await?,
     ))
+}
+
+async fn identity_sign_in(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<auth::identity::SignedIdentity>,
+) -> AppResult<Json<TokenPair>> {
+    Ok(Json(auth::identity::sign_in(&state, &body).await?))
 }
 
 async fn sms_unavailable() -> AppError {

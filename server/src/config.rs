@@ -166,6 +166,10 @@ pub struct Config {
     /// HMAC secret of access tokens; unset means one generated into `data_dir`
     /// (every node of a cluster must then be given the same one).
     pub jwt_secret: Option<Secret>,
+    /// HMAC secret shared with a website's backend that signs its logged-in
+    /// customers' identity for the widget (`POST /auth/identity`); unset turns
+    /// signed identities off.
+    pub widget_identity_secret: Option<Secret>,
     /// Origins allowed to open `/ws`: empty = same origin only, `"*"` = any.
     pub allowed_origins: Vec<String>,
     /// Public base URL used in links the server hands out (quick links, uploads).
@@ -185,6 +189,7 @@ impl Default for Config {
             redis_url: None,
             redis_prefix: "switchboard".into(),
             jwt_secret: None,
+            widget_identity_secret: None,
             allowed_origins: Vec::new(),
             public_url: None,
             node_id: None,
@@ -198,7 +203,7 @@ impl Default for Config {
 pub const DEFAULT_TOML: &str = r#"# Switchboard configuration. Every key is optional; these are the defaults.
 # Environment variables override the file: SWITCHBOARD_ADDR, SWITCHBOARD_DATA_DIR,
 # DATABASE_URL, REDIS_URL, SWITCHBOARD_REDIS_PREFIX, SWITCHBOARD_JWT_SECRET,
-# SWITCHBOARD_ALLOWED_ORIGINS (comma-separated), SWITCHBOARD_PUBLIC_URL,
+# SWITCHBOARD_WIDGET_IDENTITY_SECRET, SWITCHBOARD_ALLOWED_ORIGINS (comma-separated), SWITCHBOARD_PUBLIC_URL,
 # SWITCHBOARD_NODE_ID, SWITCHBOARD_LOG_FORMAT, and SWITCHBOARD_<LIMIT> for each
 # key of [limits] (for example SWITCHBOARD_MAX_FRAME_BYTES).
 
@@ -211,6 +216,7 @@ data_dir = "./data"
 # Prefix of Redis channels and keys.
 redis_prefix = "switchboard"
 # jwt_secret = "at least 32 characters"            # default: generated into data_dir
+# widget_identity_secret = "at least 32 characters" # signed customer identity in the widget; default: off
 # Origins allowed to open /ws: [] = same origin only, ["*"] = any.
 allowed_origins = []
 # public_url = "https://chat.example.com"          # base of links the server hands out
@@ -333,6 +339,9 @@ impl Config {
         if let Some(v) = non_empty("SWITCHBOARD_JWT_SECRET") {
             self.jwt_secret = Some(Secret::new(v));
         }
+        if let Some(v) = non_empty("SWITCHBOARD_WIDGET_IDENTITY_SECRET") {
+            self.widget_identity_secret = Some(Secret::new(v));
+        }
         if let Some(v) = env("SWITCHBOARD_ALLOWED_ORIGINS") {
             self.allowed_origins = v
                 .split(',')
@@ -418,6 +427,11 @@ impl Config {
         if let Some(secret) = &self.jwt_secret {
             if secret.expose().len() < 32 {
                 return bad("jwt_secret must be at least 32 characters".into());
+            }
+        }
+        if let Some(secret) = &self.widget_identity_secret {
+            if secret.expose().len() < 32 {
+                return bad("widget_identity_secret must be at least 32 characters".into());
             }
         }
         if self.redis_prefix.is_empty() || self.redis_prefix.contains(char::is_whitespace) {
@@ -530,11 +544,13 @@ mod tests {
         let c = Config {
             database_url: Some(ServiceUrl::new("postgres://u:hunter2@localhost/db")),
             jwt_secret: Some(Secret::new("x".repeat(40))),
+            widget_identity_secret: Some(Secret::new("y".repeat(40))),
             ..Config::default()
         };
         let text = format!("{c:?}");
         assert!(!text.contains("hunter2"), "{text}");
         assert!(!text.contains(&"x".repeat(40)), "{text}");
+        assert!(!text.contains(&"y".repeat(40)), "{text}");
         assert!(text.contains("redacted"));
     }
 
@@ -545,6 +561,21 @@ mod tests {
         let e =
             Config::load_with(None, env_of(&[("SWITCHBOARD_JWT_SECRET", "short")])).unwrap_err();
         assert!(e.to_string().contains("jwt_secret"), "{e}");
+        let e = Config::load_with(
+            None,
+            env_of(&[("SWITCHBOARD_WIDGET_IDENTITY_SECRET", "short")]),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("widget_identity_secret"), "{e}");
+        let c = Config::load_with(
+            None,
+            env_of(&[("SWITCHBOARD_WIDGET_IDENTITY_SECRET", &"k".repeat(32))]),
+        )
+        .unwrap();
+        assert_eq!(
+            c.widget_identity_secret.as_ref().map(Secret::expose),
+            Some("k".repeat(32).as_str())
+        );
         let e = Config::load_with(None, env_of(&[("REDIS_URL", "http://x")])).unwrap_err();
         assert!(e.to_string().contains("redis_url"), "{e}");
         let e = Config::load_with(None, env_of(&[("SWITCHBOARD_RATE_PER_SEC", "0")])).unwrap_err();

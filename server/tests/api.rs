@@ -1105,6 +1105,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/v1/auth/login"),
     ("post", "/api/v1/auth/refresh"),
     ("post", "/api/v1/auth/quick"),
+    ("post", "/api/v1/auth/identity"),
     ("post", "/api/v1/auth/sms/send"),
     ("post", "/api/v1/auth/sms/verify"),
     ("get", "/api/v1/me"),

@@ -15,6 +15,7 @@ add({
   'w.topic.any': ['请选择', 'Choose'],
   'w.question': ['您想咨询什么？', 'What can we help with?'],
   'w.start': ['开始咨询', 'Start chat'],
+  'w.noid': ['无法确认您的身份，请刷新网页后重试。', 'We could not confirm who you are; reload the page and try again.'],
   'w.nolink': ['此链接无效或已过期，请从网站重新打开客服窗口。', 'This link is invalid or expired; open the chat again from the website.'],
   'w.queue': ['正在为您排队：前面还有 {n} 位，预计等待 {eta}', 'You are in the queue: {n} ahead of you, about {eta} to wait'],
   'w.queue.next': ['马上轮到您了，预计等待 {eta}', 'You are next, about {eta} to wait'],
@@ -36,7 +37,9 @@ add({
 // Non-secret settings come in the query (from /embed.js); the quick-link
 // token comes in the fragment (never sent to a server) or, from a link the
 // server made, in `?quick=`. Either is moved to sessionStorage at once and
-// removed from the address bar.
+// removed from the address bar. `?identity=1` says the embedding page has a
+// signed customer identity: it arrives by postMessage (never in a URL) and is
+// exchanged for a session instead of a quick link; the name comes with it.
 const qs = new URLSearchParams(location.search);
 const frag = new URLSearchParams(location.hash.slice(1));
 const cfg = {
@@ -45,6 +48,7 @@ const cfg = {
   topics: (qs.get('topics') || '').split(',').map((s) => s.trim()).filter(Boolean),
   color: qs.get('color') || '',
   embed: qs.has('embed'),
+  identity: qs.has('identity'),
 };
 const quick = frag.get('quick') || qs.get('quick');
 if (quick) { try { sessionStorage.setItem('sb.widget.quick', quick); } catch { /* ignore */ } }
@@ -74,7 +78,7 @@ const view = $('#view');
 let ui = null; // elements of the chat screen
 
 const conn = new Conn(session, {
-  onStatus: (s) => { st.net = s; if (s === 'expired') { session.clear(); renderStart(); } renderNet(); },
+  onStatus: (s) => { st.net = s; if (s === 'expired') { session.clear(); if (identity) signIn(identity); else renderStart(); } renderNet(); },
   onAuth: resume,
   onEvent: event,
 });
@@ -85,11 +89,11 @@ function me() { return session.user?.id; }
 function renderStart(error) {
   ui = null;
   $('#end').hidden = true;
-  const token = quickToken();
-  const err = h('div', { class: 'err' }, error || (token ? '' : t('w.nolink')));
+  const token = cfg.identity ? session.token : quickToken();
+  const err = h('div', { class: 'err' }, error || (token ? '' : t(cfg.identity ? 'w.noid' : 'w.nolink')));
   const form = h('form', { class: 'start' },
     h('p', {}, cfg.greeting || t('w.hello')),
-    h('label', {}, t('w.name'), h('input', { name: 'name', maxlength: 64, autocomplete: 'name', required: true })),
+    cfg.identity ? null : h('label', {}, t('w.name'), h('input', { name: 'name', maxlength: 64, autocomplete: 'name', required: true })),
     h('label', {}, t('w.phone'), h('input', { name: 'phone', type: 'tel', maxlength: 20, autocomplete: 'tel' })),
     cfg.topics.length ? h('label', {}, t('w.topic'), h('select', { name: 'topic' },
       h('option', { value: '' }, t('w.topic.any')), cfg.topics.map((x) => h('option', { value: x }, x)))) : null,
@@ -101,9 +105,11 @@ function renderStart(error) {
     const f = new FormData(form);
     form.querySelector('button').disabled = true;
     try {
-      const pair = await api(null, 'POST', '/auth/quick', { token: quickToken(), name: f.get('name').trim() || undefined });
-      session.set(pair);
-      sessionStorage.removeItem('sb.widget.quick');
+      if (!cfg.identity) {
+        const pair = await api(null, 'POST', '/auth/quick', { token: quickToken(), name: f.get('name').trim() || undefined });
+        session.set(pair);
+        sessionStorage.removeItem('sb.widget.quick');
+      }
       let text = (f.get('question') || '').trim();
       const phone = (f.get('phone') || '').trim();
       if (phone) text = `${text}${text ? '\n' : ''}${t('w.phone.line', { p: phone })}`;
@@ -111,11 +117,43 @@ function renderStart(error) {
       renderChat();
       conn.start();
     } catch (ex) {
-      err.textContent = ex.status === 401 ? t('w.nolink') : t('err', { m: ex.message });
+      err.textContent = ex.status === 401 ? t(cfg.identity ? 'w.noid' : 'w.nolink') : t('err', { m: ex.message });
       form.querySelector('button').disabled = false;
     }
   });
   view.replaceChildren(form);
+}
+
+// ---------------------------------------------------------------- identity
+let identity = null; // {id, name, ts, sig} from the embedding page
+
+/** Signs in the site's customer: reuses this tab's session of the same
+ * customer, else exchanges the identity; a customer with history goes
+ * straight to the chat, a new one gets the pre-chat form without a name. */
+async function signIn(idn) {
+  identity = idn;
+  const ext = String(idn?.id ?? '');
+  if (session.token && sessionStorage.getItem('sb.widget.ext') === ext) { renderChat(); conn.start(); return; }
+  session.clear();
+  try {
+    session.set(await api(null, 'POST', '/auth/identity', idn));
+    sessionStorage.setItem('sb.widget.ext', ext);
+    const list = await api(session, 'GET', '/conversations?limit=20');
+    if (list.items.some((c) => c.kind === 'service')) { renderChat(); conn.start(); } else renderStart();
+  } catch (ex) {
+    session.clear();
+    renderStart(ex.status && ex.status < 500 ? t('w.noid') : t('err', { m: ex.message }));
+  }
+}
+
+function awaitIdentity() {
+  const late = setTimeout(() => renderStart(), 10000);
+  addEventListener('message', (e) => {
+    if (e.source !== parent || e.data?.type !== 'switchboard:identity' || identity) return;
+    clearTimeout(late);
+    signIn(e.data.identity);
+  });
+  parent.postMessage({ type: 'switchboard:ready' }, '*');
 }
 
 // ---------------------------------------------------------------- resume
@@ -404,7 +442,7 @@ $('#end').addEventListener('click', () => {
 $('#lang').addEventListener('click', () => {
   setLang(lang() === 'en' ? 'zh-CN' : 'en');
   $('#lang').textContent = t('lang.switch');
-  if (ui) renderChat(); else if (!session.token) renderStart();
+  if (ui) renderChat(); else if (view.querySelector('form.start')) renderStart();
 });
 if (cfg.embed) {
   $('#hide').hidden = false;
@@ -413,5 +451,6 @@ if (cfg.embed) {
 
 applyStatic();
 $('#lang').textContent = t('lang.switch');
-if (session.token) { renderChat(); conn.start(); } else renderStart();
+if (cfg.identity) awaitIdentity();
+else if (session.token) { renderChat(); conn.start(); } else renderStart();
 setInterval(renderTyping, 1000);

@@ -24,8 +24,10 @@ function freePort() {
 }
 
 export class Server {
-  static async create() {
+  /** `env`: extra environment of the server (for example a secret). */
+  static async create({ env = {} } = {}) {
     const s = new Server();
+    s.extraEnv = env;
     s.dir = mkdtempSync(join(tmpdir(), 'sb-browser-'));
     s.port = await freePort();
     s.log = [];
@@ -34,7 +36,7 @@ export class Server {
     return s;
   }
   env() {
-    return { ...process.env, SWITCHBOARD_ADDR: `127.0.0.1:${this.port}`, SWITCHBOARD_DATA_DIR: this.dir, RUST_LOG: 'warn', SWITCHBOARD_SHUTDOWN_DRAIN_S: '3' };
+    return { ...process.env, SWITCHBOARD_ADDR: `127.0.0.1:${this.port}`, SWITCHBOARD_DATA_DIR: this.dir, RUST_LOG: 'warn', SWITCHBOARD_SHUTDOWN_DRAIN_S: '3', ...this.extraEnv };
   }
   async start() {
     this.proc = spawn(BIN, [], { env: this.env(), stdio: ['ignore', 'pipe', 'pipe'] });

@@ -12,8 +12,10 @@
 //! Layout:
 //! - [`users`]: the `users` table.
 //! - [`passwords`]: argon2id hashing off the async runtime.
+//! - [`identity`]: customers signed in by an embedding website (HMAC-signed identity).
 //! - this file: [`TokenKeys`], sessions (login, refresh), quick links, [`AuthUser`].
 
+pub mod identity;
 pub mod passwords;
 pub mod users;
 

@@ -148,6 +148,18 @@ pub async fn get_user_by_username(store: &Store, username: &str) -> AppResult<Op
     row.as_ref().map(from_row).transpose()
 }
 
+/// The customer a website knows by `external_id` (signed identity). Reads
+/// the primary, as it runs right after a possible insert.
+pub async fn get_user_by_external_id(store: &Store, external_id: &str) -> AppResult<Option<User>> {
+    let row = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM users WHERE external_id = $1"
+    ))
+    .bind(external_id)
+    .fetch_optional(store.write())
+    .await?;
+    row.as_ref().map(from_row).transpose()
+}
+
 /// Users ordered by id, `limit` after the `after` id (keyset paging).
 pub async fn list_users(
     store: &Store,
