@@ -14,27 +14,6 @@ use switchboard_protocol::{
     ClientFrame, ConversationState, ErrorCode, OkBody, PresenceStatus, ServerFrame, WatchTeams,
 };
 
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Backend::Sqlite).await;
-                }
-            )*
-        }
-        mod postgres_redis {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Backend::PostgresRedis).await;
-                }
-            )*
-        }
-    };
-}
-
 on_both_backends!(done_means_scenario, roles_are_enforced);
 
 /// The admin makes a team with two agents of max concurrency 2; four

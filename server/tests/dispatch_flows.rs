@@ -21,27 +21,6 @@ use switchboard_protocol::{
     WatchTeams,
 };
 
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Backend::Sqlite).await;
-                }
-            )*
-        }
-        mod postgres_redis {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Backend::PostgresRedis).await;
-                }
-            )*
-        }
-    };
-}
-
 on_both_backends!(
     two_nodes_200_customers,
     offer_mode_times_out_to_next_agent,

@@ -20,27 +20,6 @@ use switchboard_protocol::{
     ServerFrame,
 };
 
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Backend::Sqlite).await;
-                }
-            )*
-        }
-        mod postgres_redis {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Backend::PostgresRedis).await;
-                }
-            )*
-        }
-    };
-}
-
 on_both_backends!(
     max_wait_overflows_to_fallback_team,
     overflow_goes_ahead_in_the_fallback_queue,

@@ -19,27 +19,6 @@ use switchboard_protocol::{
     ClientFrame, ConversationState, OkBody, PresenceStatus, ServerFrame, SlaKind,
 };
 
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Backend::Sqlite).await;
-                }
-            )*
-        }
-        mod postgres_redis {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Backend::PostgresRedis).await;
-                }
-            )*
-        }
-    };
-}
-
 on_both_backends!(
     conversation_becomes_a_ticket,
     status_flow_and_notes,

@@ -330,6 +330,45 @@ fn to_json<T: Serialize>(v: &T) -> String {
     serde_json::to_string(v).expect("team fields serialize")
 }
 
+/// Runs the team INSERT or UPDATE, both shaped `$1` = id, `$2`..`$15` = the
+/// settings, `$16` = now; returns the rows written.
+async fn write_team(
+    conn: &mut sqlx::AnyConnection,
+    sql: &str,
+    id: &str,
+    t: &TeamInput,
+    strategy: Strategy,
+    now: i64,
+) -> AppResult<u64> {
+    let result = sqlx::query(sql)
+        .bind(id)
+        .bind(t.name.trim())
+        .bind(&t.description)
+        .bind(&t.lead)
+        .bind(to_json(&t.topics))
+        .bind(to_json(&t.skills))
+        .bind(hours_json(t))
+        .bind(i64::from(
+            t.max_concurrency.unwrap_or(DEFAULT_MAX_CONCURRENCY),
+        ))
+        .bind(strategy.as_str())
+        .bind(to_json(&t.strategy_params))
+        .bind(t.max_queue.map(i64::from))
+        .bind(t.max_wait_s.map(i64::from))
+        .bind(&t.fallback_team)
+        .bind(i64::from(t.default))
+        .bind(i64::from(t.enabled))
+        .bind(now)
+        .execute(conn)
+        .await;
+    match result {
+        Err(e) if is_unique_violation(&e) => {
+            Err(AppError::conflict("a team with this name exists"))
+        }
+        r => Ok(r?.rows_affected()),
+    }
+}
+
 /// Creates a team.
 pub async fn create(store: &Store, t: &TeamInput) -> AppResult<Team> {
     let strategy = validate(store, None, t).await?;
@@ -341,38 +380,11 @@ pub async fn create(store: &Store, t: &TeamInput) -> AppResult<Team> {
             .execute(&mut *tx)
             .await?;
     }
-    let result = sqlx::query(&format!(
+    let sql = format!(
         "INSERT INTO teams ({TEAM_COLUMNS}) VALUES \
          ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $16)"
-    ))
-    .bind(&id)
-    .bind(t.name.trim())
-    .bind(&t.description)
-    .bind(&t.lead)
-    .bind(to_json(&t.topics))
-    .bind(to_json(&t.skills))
-    .bind(hours_json(t))
-    .bind(i64::from(
-        t.max_concurrency.unwrap_or(DEFAULT_MAX_CONCURRENCY),
-    ))
-    .bind(strategy.as_str())
-    .bind(to_json(&t.strategy_params))
-    .bind(t.max_queue.map(i64::from))
-    .bind(t.max_wait_s.map(i64::from))
-    .bind(&t.fallback_team)
-    .bind(i64::from(t.default))
-    .bind(i64::from(t.enabled))
-    .bind(now)
-    .execute(&mut *tx)
-    .await;
-    match result {
-        Err(e) if is_unique_violation(&e) => {
-            return Err(AppError::conflict("a team with this name exists"))
-        }
-        r => {
-            r?;
-        }
-    }
+    );
+    write_team(&mut tx, &sql, &id, t, strategy, now).await?;
     tx.commit().await?;
     get(store, &id)
         .await?
@@ -390,39 +402,11 @@ pub async fn update(store: &Store, id: &str, t: &TeamInput) -> AppResult<Team> {
             .execute(&mut *tx)
             .await?;
     }
-    let result = sqlx::query(
-        "UPDATE teams SET name = $2, description = $3, lead_id = $4, topics = $5, skills = $6, \
-         working_hours = $7, max_concurrency = $8, strategy = $9, strategy_params = $10, \
-         max_queue = $11, max_wait_s = $12, fallback_team_id = $13, is_default = $14, \
-         enabled = $15, updated_at = $16 WHERE id = $1",
-    )
-    .bind(id)
-    .bind(t.name.trim())
-    .bind(&t.description)
-    .bind(&t.lead)
-    .bind(to_json(&t.topics))
-    .bind(to_json(&t.skills))
-    .bind(hours_json(t))
-    .bind(i64::from(
-        t.max_concurrency.unwrap_or(DEFAULT_MAX_CONCURRENCY),
-    ))
-    .bind(strategy.as_str())
-    .bind(to_json(&t.strategy_params))
-    .bind(t.max_queue.map(i64::from))
-    .bind(t.max_wait_s.map(i64::from))
-    .bind(&t.fallback_team)
-    .bind(i64::from(t.default))
-    .bind(i64::from(t.enabled))
-    .bind(now)
-    .execute(&mut *tx)
-    .await;
-    let done = match result {
-        Err(e) if is_unique_violation(&e) => {
-            return Err(AppError::conflict("a team with this name exists"))
-        }
-        r => r?,
-    };
-    if done.rows_affected() == 0 {
+    let sql = "UPDATE teams SET name = $2, description = $3, lead_id = $4, topics = $5, \
+               skills = $6, working_hours = $7, max_concurrency = $8, strategy = $9, \
+               strategy_params = $10, max_queue = $11, max_wait_s = $12, fallback_team_id = $13, \
+               is_default = $14, enabled = $15, updated_at = $16 WHERE id = $1";
+    if write_team(&mut tx, sql, id, t, strategy, now).await? == 0 {
         return Err(AppError::not_found("no such team"));
     }
     tx.commit().await?;

@@ -7,7 +7,7 @@
 use prometheus::{Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts};
 
 use super::store::Stats;
-use crate::metrics::Metrics;
+use crate::metrics::{register, Metrics};
 
 /// The jobs' metrics of one node.
 pub struct JobMetrics {
@@ -24,35 +24,26 @@ impl JobMetrics {
     /// Creates the metrics and registers them in `metrics`' registry.
     pub fn new(metrics: &Metrics) -> JobMetrics {
         let registry = metrics.registry();
-        macro_rules! register {
-            ($metric:expr) => {{
-                let m = $metric.expect("valid metric definition");
-                registry
-                    .register(Box::new(m.clone()))
-                    .expect("metric names are unique");
-                m
-            }};
-        }
         JobMetrics {
-            due: register!(IntGauge::new(
+            due: register(registry, IntGauge::new(
                 "switchboard_jobs_due",
                 "Queued jobs whose run_at has passed (cluster-wide)"
             )),
-            running: register!(IntGauge::new(
+            running: register(registry, IntGauge::new(
                 "switchboard_jobs_running",
                 "Jobs claimed under a lease (cluster-wide)"
             )),
-            dead: register!(IntGauge::new(
+            dead: register(registry, IntGauge::new(
                 "switchboard_jobs_dead",
                 "Dead-lettered jobs waiting for an admin (cluster-wide)"
             )),
-            oldest_due_seconds: register!(Gauge::new(
+            oldest_due_seconds: register(registry, Gauge::new(
                 "switchboard_jobs_oldest_due_seconds",
                 "How far the oldest due queued job is behind its run_at"
             )),
             // Buckets from 10 ms to 10 min: on time is well under a second;
             // minutes mean the workers are saturated or were down.
-            lag_seconds: register!(Histogram::with_opts(
+            lag_seconds: register(registry, Histogram::with_opts(
                 HistogramOpts::new(
                     "switchboard_job_lag_seconds",
                     "Time from a job's run_at to its claim on this node"
@@ -61,14 +52,14 @@ impl JobMetrics {
                     0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 600.0
                 ])
             )),
-            runs: register!(IntCounterVec::new(
+            runs: register(registry, IntCounterVec::new(
                 Opts::new(
                     "switchboard_job_runs_total",
                     "Job attempts finished on this node, by outcome (done, retry, dead)"
                 ),
                 &["outcome"]
             )),
-            occurrences_skipped: register!(IntCounter::new(
+            occurrences_skipped: register(registry, IntCounter::new(
                 "switchboard_schedule_occurrences_skipped_total",
                 "Schedule occurrences skipped because they were missed by more than schedule_misfire_s"
             )),

@@ -11,6 +11,30 @@
 
 pub mod dispatch;
 
+/// Generates `sqlite::name` and `postgres_redis::name` tests that call the
+/// file's `async fn name(backend: Backend)` once per backend.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Backend::Sqlite).await;
+                }
+            )*
+        }
+        mod postgres_redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Backend::PostgresRedis).await;
+                }
+            )*
+        }
+    };
+}
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
