@@ -56,6 +56,7 @@ static ASSETS: &[Asset] = &[
     asset!("static/i18n.js", JS),
     asset!("static/ui.js", JS),
     asset!("static/chat.js", JS),
+    asset!("static/widgetstate.js", JS),
     asset!("static/staff.js", JS),
     asset!("static/widget.js", JS),
     asset!("static/console.js", JS),

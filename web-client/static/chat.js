@@ -3,7 +3,7 @@
 // (text as text nodes, attachments through object URLs).
 import { h, fmtTime, fmtSize, uuid } from '/static/ui.js';
 import { t, systemText } from '/static/i18n.js';
-import { uploadURL } from '/static/sb.js';
+import { uploadURL, frames } from '/static/sb.js';
 
 /** The messages of one conversation, as the client knows them. */
 export class ConvMessages {
@@ -18,7 +18,8 @@ export class ConvMessages {
   /** Adds or replaces (recall) a message; false when nothing changed. */
   add(m) {
     const old = this.bySeq.get(m.seq);
-    if (old && old.id === m.id && !!old.recalled === !!m.recalled) return false;
+    // A recall is final: a copy from before it (a late event or sync page) must not bring the message back.
+    if (old && old.id === m.id && (old.recalled || !m.recalled)) return false;
     this.bySeq.set(m.seq, m);
     while (this.bySeq.has(this.contig + 1)) this.contig++;
     return true;
@@ -38,7 +39,7 @@ export class ConvMessages {
 /** Loads the newest page, so that opening a long conversation stays cheap. */
 export async function loadLatest(conn, cm, lastSeq) {
   if (lastSeq > 0) {
-    const r = await conn.request({ type: 'sync', conv: cm.conv, before: lastSeq + 1, limit: 50 });
+    const r = await conn.request(frames.syncBefore(cm.conv, lastSeq + 1, 50));
     for (const m of r.messages) cm.add(m);
     cm.hasOlder = r.has_more;
     if (r.messages.length) cm.contig = Math.max(cm.contig, r.messages[0].seq - 1);
@@ -51,7 +52,7 @@ export async function loadLatest(conn, cm, lastSeq) {
 /** Everything after the last contiguous seq (after a gap or a reconnect). */
 export async function catchUp(conn, cm) {
   for (;;) {
-    const r = await conn.request({ type: 'sync', conv: cm.conv, after: cm.contig, limit: 200 });
+    const r = await conn.request(frames.syncAfter(cm.conv, cm.contig, 200));
     for (const m of r.messages) cm.add(m);
     if (!r.has_more || !r.messages.length) break;
     cm.contig = Math.max(cm.contig, r.messages[r.messages.length - 1].seq);
@@ -61,7 +62,7 @@ export async function catchUp(conn, cm) {
 export async function loadOlder(conn, cm) {
   const first = Math.min(...cm.bySeq.keys());
   if (!Number.isFinite(first) || first <= 1) { cm.hasOlder = false; return; }
-  const r = await conn.request({ type: 'sync', conv: cm.conv, before: first, limit: 50 });
+  const r = await conn.request(frames.syncBefore(cm.conv, first, 50));
   for (const m of r.messages) cm.add(m);
   cm.hasOlder = r.has_more;
 }
@@ -100,11 +101,8 @@ export class Outbox {
     try {
       while (this.items.length && conn.online) {
         const it = this.items[0];
-        const frame = { type: 'send', conv: it.conv, client_msg_id: it.client_msg_id, kind: it.kind };
-        if (it.body) frame.body = it.body;
-        if (it.attachment) frame.attachment = it.attachment;
         try {
-          const ok = await conn.request(frame);
+          const ok = await conn.request(frames.send(it));
           this.remove(it.client_msg_id);
           sent(ok.msg);
         } catch (e) {
@@ -180,6 +178,11 @@ function messageNode(m, mine, state, session, names) {
   h('div', { class: 'bubble' }, content),
   h('div', { class: 'meta' }, fmtTime(m.ts), status ? h('span', { class: `st ${state}` }, ` · ${status}`) : null));
 }
+
+/** The `send` kind of typed text: `emoji` when it is nothing but emoji. */
+export const textKind = (body) => (/^(\p{Extended_Pictographic}|\u200d|\ufe0f|\s)+$/u.test(body) ? 'emoji' : 'text');
+/** The `send` kind of an upload of type `mime`: `image` needs an image/* upload. */
+export const fileKind = (mime) => (mime.startsWith('image/') ? 'image' : 'file');
 
 export const EMOJI = ['😀', '😂', '😊', '😍', '🤔', '😅', '😭', '😡', '👍', '👎', '👏', '🙏', '💪', '🎉', '❤️', '💔', '🌹', '☕', '🔥', '✅', '❌', '❓', '👌', '🤝'];
 

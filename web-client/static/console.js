@@ -1,11 +1,11 @@
 // The agent console (/console): presence, offered and active conversations
 // with unread counts, tabs, customer info and history, quick replies with
 // variables and `/` shortcodes, transfer, close, notice on new assignments.
-import { Conn, api } from '/static/sb.js';
+import { Conn, api, frames, PRESENCE } from '/static/sb.js';
 import { t, add, lang } from '/static/i18n.js';
 import { h, $, fill, fmtTime, fmtDur } from '/static/ui.js';
-import { ConvMessages, Outbox, loadLatest, catchUp, loadOlder, watchGap, renderMessages, emojiPicker } from '/static/chat.js';
-import { staffPage, toast } from '/static/staff.js';
+import { ConvMessages, Outbox, loadLatest, catchUp, loadOlder, watchGap, renderMessages, emojiPicker, fileKind } from '/static/chat.js';
+import { staffPage, toast, upsertConv, consoleAuth, consoleEvent, offeredTo, unread } from '/static/staff.js';
 
 add({
   'c.title': ['坐席控制台', 'Agent console'],
@@ -37,7 +37,6 @@ add({
   'c.offer.pane': ['此会话正在分配给您，请在 {s} 内接入', 'This conversation is offered to you; accept within {s}'],
   'c.offer.gone': ['该会话已不再分配给您', 'This conversation is no longer offered to you'],
   'c.tnote': ['转接备注', 'Transfer note'],
-  'c.tnote.toast': ['转接备注：{m}', 'Transfer note: {m}'],
 });
 
 const DEFAULT_QUICK = [
@@ -53,12 +52,13 @@ const convs = new Map(); // id -> ConversationInfo (+ .name, customer name)
 const msgs = new Map(); // id -> ConvMessages
 const readBy = new Map(); // conv -> customer's read seq
 const typingUntil = new Map();
+const cs = { convs, msgs, readBy, typingUntil }; // what server events update (staff.js consoleEvent)
 const tabs = []; // open conversation ids
 let sel = null;
 let unseen = 0;
 const me = () => session.user.id;
 /** An open offer to me (not yet past its expiry as this clock sees it). */
-const offeredToMe = (c) => c.state === 'queued' && c.offered_to === me() && !(c.offer_expires_at && c.offer_expires_at <= Date.now());
+const offeredToMe = (c) => offeredTo(c, me());
 const remaining = (c) => fmtDur(Math.max(0, (c.offer_expires_at - Date.now()) / 1000));
 
 session = staffPage('sb.console', ['agent', 'supervisor', 'admin'], start, renderAll);
@@ -67,7 +67,7 @@ function start(s) {
   session = s; // on a reload ready() runs inside staffPage(), before its return value is assigned
   outbox = new Outbox('sb.console.outbox');
   const pres = $('#presence');
-  for (const s of ['online', 'busy', 'away', 'offline']) pres.append(h('option', { value: s }, t(`st.${s}`)));
+  for (const s of PRESENCE) pres.append(h('option', { value: s }, t(`st.${s}`)));
   pres.value = sessionStorage.getItem('sb.console.presence') || 'online';
   pres.addEventListener('change', () => setPresence(pres.value));
   conn = new Conn(session, {
@@ -96,14 +96,13 @@ function tickOffers() {
 
 function setPresence(s) {
   sessionStorage.setItem('sb.console.presence', s);
-  conn.request({ type: 'presence', status: s }).catch((e) => toast(t('err', { m: e.message }), 'error'));
+  conn.request(frames.presence(s)).catch((e) => toast(t('err', { m: e.message }), 'error'));
 }
 
 async function resume(ok) {
   // The status is the user's: re-declare the one chosen here.
   setPresence($('#presence').value);
-  const open = new Set(ok.conversations.map((c) => c.id));
-  for (const c of ok.conversations) if (c.kind === 'service') upsert(c, true);
+  const open = consoleAuth(convs, ok, me());
   for (const [id, c] of convs) {
     if (!open.has(id) && c.state !== 'closed' && !(c.state === 'queued' && c.offered_to === me())) {
       try { upsert(await api(session, 'GET', `/conversations/${id}`)); } catch { c.state = 'closed'; }
@@ -122,16 +121,8 @@ async function resume(ok) {
 }
 
 function upsert(c, fromAuth) {
-  const old = convs.get(c.id);
-  const info = { ...old, ...c };
-  if (!fromAuth && old) info.last_read_seq = old.last_read_seq; // events carry 0
-  if (!fromAuth && !old) info.last_read_seq = c.last_read_seq || 0;
-  convs.set(c.id, info);
-  const wasMine = old && old.state === 'active' && old.agent === me();
-  const nowMine = info.state === 'active' && info.agent === me();
-  const offered = offeredToMe(info);
-  const wasOffered = old && old.state === 'queued' && old.offered_to === me();
-  if (!fromAuth && ((nowMine && !wasMine) || (offered && !wasOffered))) notify(info);
+  const { info, news } = upsertConv(convs, c, fromAuth, me());
+  if (news) notify(info);
   return info;
 }
 
@@ -157,55 +148,20 @@ function beep() {
 }
 
 function event(f) {
-  switch (f.type) {
-    case 'message': {
-      const c = convs.get(f.msg.conv);
-      if (c) c.last_seq = Math.max(c.last_seq, f.msg.seq);
-      if (c && !c.name && f.msg.sender.id === c.customer) c.name = f.msg.sender.name;
-      const cm = msgs.get(f.msg.conv);
-      if (cm) { cm.add(f.msg); watchGap(conn, cm, renderPane); }
-      typingUntil.delete(f.msg.conv);
-      if (c && f.msg.sender.role === 'customer' && (document.hidden || sel !== c.id)) beepSoft();
-      renderList(); renderTabs();
-      if (f.msg.conv === sel) renderPane();
-      break;
-    }
-    case 'conversation':
-      if (f.conv.kind === 'service') { upsert(f.conv); renderAll(); }
-      break;
-    case 'receipt': {
-      const c = convs.get(f.conv);
-      if (!c) break;
-      if (f.user === me()) c.last_read_seq = Math.max(c.last_read_seq || 0, f.seq);
-      else readBy.set(f.conv, Math.max(readBy.get(f.conv) || 0, f.seq));
-      renderList(); renderTabs();
-      if (f.conv === sel) renderPane();
-      break;
-    }
-    case 'typing':
-      if (f.user !== me()) { typingUntil.set(f.conv, Date.now() + 5000); renderTyping(); }
-      break;
-    case 'recalled': {
-      const cm = msgs.get(f.conv);
-      if (cm?.recall(f.seq) && f.conv === sel) renderPane();
-      break;
-    }
-    case 'presence':
-      if (f.user === me()) $('#presence').value = f.status;
-      break;
-    case 'notice':
-      if (f.code === 'transfer_note') {
-        toast(t('c.tnote.toast', { m: f.text }));
-        // The history holds the note too: refresh the notes of my conversations.
-        setTimeout(() => { for (const id of tabs) if (convs.get(id)?.agent === me()) loadNotes(id); }, 300);
-      } else toast(f.text);
-      break;
-    default: break;
-  }
+  const fx = consoleEvent(cs, f, me());
+  if (!fx) return;
+  if (fx.gap) watchGap(conn, fx.gap, renderPane);
+  if (fx.news) notify(fx.news);
+  if (fx.presence) $('#presence').value = fx.presence;
+  if (fx.toast) toast(fx.toast);
+  if (fx.notes) setTimeout(() => { for (const id of tabs) if (convs.get(id)?.agent === me()) loadNotes(id); }, 300);
+  if (fx.typing) renderTyping();
+  if (fx.all) renderAll();
+  if (fx.changed) { renderList(); renderTabs(); }
+  const pane = fx.changed || fx.pane;
+  if (pane && pane === sel) renderPane();
 }
-function beepSoft() { /* one sound per new assignment is enough; keep messages quiet */ }
 
-function unread(c) { return Math.max(0, (c.last_seq || 0) - (c.last_read_seq || 0)); }
 function label(c) { return c.name || c.topic || (c.customer ? c.customer.slice(-6) : c.id.slice(-6)); }
 
 function renderAll() { renderList(); renderTabs(); renderPane(); renderInfo(); }
@@ -229,7 +185,7 @@ function renderList() {
 }
 
 function accept(id) {
-  conn.request({ type: 'accept', conv: id }).then(() => openTab(id), (e) => toast(t('err', { m: e.message }), 'error'));
+  conn.request(frames.accept(id)).then(() => openTab(id), (e) => toast(t('err', { m: e.message }), 'error'));
 }
 
 function openTab(id) {
@@ -336,7 +292,7 @@ function markRead() {
   const seq = cm.contig;
   if (seq > (c.last_read_seq || 0)) {
     c.last_read_seq = seq;
-    conn.send({ type: 'read', conv: sel, seq });
+    conn.send(frames.read(sel, seq));
     renderList(); renderTabs();
   }
 }
@@ -365,7 +321,7 @@ function composer(conv) {
   let lastTyping = 0;
   text.addEventListener('input', () => {
     showSuggest();
-    if (Date.now() - lastTyping > 3000) { lastTyping = Date.now(); conn.send({ type: 'typing', conv }); }
+    if (Date.now() - lastTyping > 3000) { lastTyping = Date.now(); conn.send(frames.typing(conv)); }
   });
   text.addEventListener('keydown', (e) => {
     if (matches.length) {
@@ -392,8 +348,8 @@ function composer(conv) {
       const fd = new FormData();
       fd.append('file', f, f.name);
       const up = await api(session, 'POST', '/uploads', fd);
-      const img = up.mime.startsWith('image/');
-      outbox.add(conv, img ? 'image' : 'file', img ? '' : up.name, { attachment: up.id, name: up.name, size: up.size });
+      const kind = fileKind(up.mime);
+      outbox.add(conv, kind, kind === 'image' ? '' : up.name, { attachment: up.id, name: up.name, size: up.size });
       flush();
     } catch (e) { toast(t('upload.failed', { m: e.message }), 'error'); }
   });
@@ -446,7 +402,7 @@ async function renderInfo() {
 }
 
 function closeConv(id) {
-  conn.request({ type: 'close', conv: id }).catch((e) => toast(t('err', { m: e.message }), 'error'));
+  conn.request(frames.close(id)).catch((e) => toast(t('err', { m: e.message }), 'error'));
 }
 
 async function transferDialog(id) {
@@ -465,9 +421,7 @@ async function transferDialog(id) {
     h('div', { class: 'row' }, h('button', { class: 'ghost', value: 'cancel' }, t('cancel')), h('button', { class: 'primary', value: 'ok', id: 'do-transfer' }, t('c.transfer')))));
   dlg.addEventListener('close', async () => {
     if (dlg.returnValue !== 'ok') { dlg.remove(); return; }
-    const frame = { type: 'transfer', conv: id, note: note.value.trim() || undefined };
-    if (agentSel.value) frame.to_agent = agentSel.value; else frame.to_team = teamSel.value;
-    try { await conn.request(frame); } catch (e) { toast(t('err', { m: e.message }), 'error'); }
+    try { await conn.request(frames.transfer(id, { agent: agentSel.value, team: teamSel.value, note: note.value.trim() })); } catch (e) { toast(t('err', { m: e.message }), 'error'); }
     dlg.remove();
   });
   document.body.append(dlg);

@@ -1,10 +1,10 @@
 // The supervisor dashboard (/dashboard): `watch` "all" → live queues with
 // waiting times, the agent board, manual / batch / re-assignment, and charts
 // of today's volume, waits and first responses (uPlot, vendored).
-import { Conn, api } from '/static/sb.js';
+import { Conn, api, frames } from '/static/sb.js';
 import { t, add } from '/static/i18n.js';
 import { h, $, fmtDur } from '/static/ui.js';
-import { staffPage, toast, staffNames } from '/static/staff.js';
+import { staffPage, toast, staffNames, applyWatch, boardEvent, loadText } from '/static/staff.js';
 
 add({
   'd.title': ['主管看板', 'Supervisor dashboard'],
@@ -33,9 +33,10 @@ add({
 });
 
 let session, conn, names = new Map(), teams = new Map();
-let queues = new Map(); // team -> waiting[]
+const queues = new Map(); // team -> waiting[]
 const agents = new Map(); // user -> AgentState
 const active = new Map(); // conv -> {conv, team, agent, since}
+const board = { queues, agents, active }; // what the watch snapshot and deltas update (staff.js boardEvent)
 const picked = new Set();
 let chartsLoaded = false;
 
@@ -51,10 +52,7 @@ async function start(s) {
   conn = new Conn(session, {
     onStatus: (s) => { $('#net').textContent = s === 'online' || s === 'expired' ? '' : t(`net.${s}`); if (s === 'expired') { session.clear(); location.reload(); } },
     onAuth: async () => {
-      const snap = await conn.request({ type: 'watch', teams: 'all' });
-      queues = new Map(snap.queues.map((q) => [q.team, q.waiting]));
-      agents.clear();
-      for (const a of snap.agents) agents.set(a.user, a);
+      applyWatch(board, await conn.request(frames.watch('all')));
       await loadActive();
       render();
       if (!chartsLoaded) { chartsLoaded = true; loadCharts(); }
@@ -66,22 +64,7 @@ async function start(s) {
 }
 
 function onEvent(f) {
-  if (f.type === 'queue_update') { queues.set(f.queue.team, f.queue.waiting); render(); }
-  else if (f.type === 'presence') {
-    const a = agents.get(f.user) || { user: f.user, capacity: 0, since: 0 };
-    if (a.status !== f.status) a.since = Date.now();
-    a.status = f.status;
-    if (f.load != null) a.load = f.load;
-    agents.set(f.user, a);
-    render();
-  } else if (f.type === 'conversation' && f.conv.kind === 'service') {
-    const c = f.conv;
-    if (c.state === 'active' && c.agent) {
-      const old = active.get(c.id);
-      active.set(c.id, { conv: c.id, team: c.team, agent: c.agent, since: old && old.agent === c.agent ? old.since : Date.now() });
-    } else active.delete(c.id);
-    render();
-  }
+  if (boardEvent(board, f)) render();
 }
 
 /** Active conversations: today's assignment history, checked one by one. */
@@ -140,7 +123,7 @@ function agentSelect(exclude) {
 }
 function syncAgents(s) {
   const want = [['', '—'], ...[...agents.values()].filter((a) => a.user !== s.dataset.exclude)
-    .map((a) => [a.user, `${agentName(a.user)} (${a.load ?? 0}/${a.capacity || '?'})`])];
+    .map((a) => [a.user, `${agentName(a.user)} (${loadText(a)})`])];
   const value = s.value;
   want.forEach(([v, text], i) => {
     let o = s.options[i];
@@ -154,7 +137,7 @@ function syncAgents(s) {
 
 async function assign(conv, agent) {
   if (!agent) return;
-  try { await conn.request({ type: 'assign', conv, agent }); } catch (e) { toast(t('err', { m: e.message }), 'error'); }
+  try { await conn.request(frames.assign(conv, agent)); } catch (e) { toast(t('err', { m: e.message }), 'error'); }
 }
 
 async function batch(agent) {
@@ -217,7 +200,7 @@ function render() {
       h('td', { class: 'status' }), h('td', { class: 'load' }), h('td', { class: 'since' })));
     const st = row.querySelector('.status');
     if (st.dataset.status !== a.status) { st.dataset.status = a.status; st.replaceChildren(h('span', { class: `dot ${a.status}` }), t(`st.${a.status}`)); }
-    setText(row.querySelector('.load'), `${a.load ?? 0}/${a.capacity || '?'}`);
+    setText(row.querySelector('.load'), loadText(a));
     const since = row.querySelector('.since');
     since.dataset.since = a.since || 0;
     setText(since, a.since ? fmtDur((Date.now() - a.since) / 1000) : '—');
@@ -275,7 +258,7 @@ async function loadCharts() {
       if (!served) return;
       waitSum[hr] += (served.at - q.at) / 1000; waitN[hr]++;
       if (!conn?.online) return;
-      const r = await conn.request({ type: 'sync', conv, after: 0, limit: 100 });
+      const r = await conn.request(frames.syncAfter(conv, 0, 100));
       const first = r.messages.find((m) => m.ts >= served.at && m.sender.role !== 'customer' && m.kind !== 'system');
       if (first) { frtSum[hr] += (first.ts - served.at) / 1000; frtN[hr]++; }
     } catch { /* skip this one */ }

@@ -1,7 +1,8 @@
 // zh-CN by default, English on request (?lang=en, or the switch, remembered).
 const dicts = { 'zh-CN': {}, en: {} };
 let current = (() => {
-  const q = new URLSearchParams(location.search).get('lang');
+  // globalThis: importable outside a page too (tests/fixtures.test.mjs runs in Node).
+  const q = new URLSearchParams(globalThis.location?.search).get('lang');
   let saved = null;
   try { saved = localStorage.getItem('sb.lang'); } catch { /* storage blocked */ }
   const l = q || saved || 'zh-CN';

@@ -6,6 +6,42 @@ export class ApiError extends Error {
   constructor(status, code, message) { super(message || code); this.status = status; this.code = code; }
 }
 
+/**
+ * The client frames the pages send (protocol/README.md, "Client frames"),
+ * without `req` (Conn.request adds it). Optional fields left undefined are
+ * not sent: JSON.stringify drops them. tests/fixtures.test.mjs holds each
+ * one against protocol/fixtures/client/.
+ */
+export const frames = {
+  auth: (token) => ({ type: 'auth', token }),
+  ping: () => ({ type: 'ping' }),
+  /** An outbox item (chat.js): body and attachment only when it has them. */
+  send: (it) => {
+    const f = { type: 'send', conv: it.conv, client_msg_id: it.client_msg_id, kind: it.kind };
+    if (it.body) f.body = it.body;
+    if (it.attachment) f.attachment = it.attachment;
+    return f;
+  },
+  syncAfter: (conv, after, limit) => ({ type: 'sync', conv, after, limit }),
+  syncBefore: (conv, before, limit) => ({ type: 'sync', conv, before, limit }),
+  read: (conv, seq) => ({ type: 'read', conv, seq }),
+  typing: (conv) => ({ type: 'typing', conv }),
+  consult: ({ team, topic, text } = {}) => ({ type: 'consult', team, topic, text }),
+  presence: (status) => ({ type: 'presence', status }),
+  accept: (conv) => ({ type: 'accept', conv }),
+  /** To `agent` when one is chosen, else to `team`; a blank note is not sent. */
+  transfer: (conv, { agent, team, note }) => ({
+    type: 'transfer', conv, ...(agent ? { to_agent: agent } : { to_team: team }), note: note || undefined,
+  }),
+  close: (conv) => ({ type: 'close', conv }),
+  rate: (conv, score, comment) => ({ type: 'rate', conv, score, comment: comment || undefined }),
+  watch: (teams) => ({ type: 'watch', teams }),
+  assign: (conv, agent) => ({ type: 'assign', conv, agent }),
+};
+
+/** The statuses an agent can declare with `presence`, in the console's order. */
+export const PRESENCE = ['online', 'busy', 'away', 'offline'];
+
 /** Tokens of one page, kept in this tab's sessionStorage under `key`. */
 export class Session {
   constructor(key) {
@@ -133,7 +169,7 @@ export class Conn {
         resolve: (ok) => this.authOk(ok, ws),
         reject: () => { /* 4003 follows; handled in onclose */ },
       });
-      this.raw({ type: 'auth', req, token });
+      this.raw({ ...frames.auth(token), req });
     };
     ws.onmessage = (e) => {
       this.lastRx = Date.now();
@@ -168,7 +204,7 @@ export class Conn {
     if (!this.ws || !this.authed) return;
     const now = Date.now();
     if (now - this.lastRx > 2 * this.heartbeat) { this.ws.close(4000); return; }
-    if (now - this.lastTx > this.heartbeat) this.raw({ type: 'ping' });
+    if (now - this.lastTx > this.heartbeat) this.raw(frames.ping());
   }
 
   closed(ws, code) {

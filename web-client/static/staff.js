@@ -1,5 +1,6 @@
 // What the staff pages share: the login screen, the header (language switch,
-// user, log out) and the session.
+// user, log out), the session, and what the console and the dashboard keep
+// from the server's events.
 import { Session, api } from '/static/sb.js';
 import { t, add, setLang, lang, applyStatic } from '/static/i18n.js';
 import { h, $ } from '/static/ui.js';
@@ -86,3 +87,129 @@ export async function staffNames(session) {
   }
   return names;
 }
+
+// ---------------------------------------------------------------- server events
+// What the console and the dashboard keep from the server's events
+// (protocol/README.md, "Server events"), free of the DOM so that
+// tests/fixtures.test.mjs runs it on protocol/fixtures/server/ in Node. Each
+// update returns what the page must redraw or do next; a falsy result means
+// nothing changed (unknown events, such as `ticket` and `sla`, too).
+
+add({ 'c.tnote.toast': ['转接备注：{m}', 'Transfer note: {m}'] });
+
+export const unread = (c) => Math.max(0, (c.last_seq || 0) - (c.last_read_seq || 0));
+
+/** An open offer to `me` (not yet past its expiry as this clock sees it). */
+export const offeredTo = (c, me, now = Date.now()) => c.state === 'queued' && c.offered_to === me && !(c.offer_expires_at && c.offer_expires_at <= now);
+
+/**
+ * Stores a ConversationInfo in `convs` (id → info). `news` when it has just
+ * become mine or been offered to me (the console then opens it and sounds).
+ */
+export function upsertConv(convs, c, fromAuth, me) {
+  const old = convs.get(c.id);
+  const info = { ...old, ...c };
+  if (!fromAuth && old) info.last_read_seq = old.last_read_seq; // events carry 0
+  if (!fromAuth && !old) info.last_read_seq = c.last_read_seq || 0;
+  convs.set(c.id, info);
+  const wasMine = old && old.state === 'active' && old.agent === me;
+  const nowMine = info.state === 'active' && info.agent === me;
+  const offered = offeredTo(info, me);
+  const wasOffered = old && old.state === 'queued' && old.offered_to === me;
+  return { info, news: !fromAuth && ((nowMine && !wasMine) || (offered && !wasOffered)) };
+}
+
+/** The `auth` reply's service conversations into `convs`; returns the ids the reply holds. */
+export function consoleAuth(convs, ok, me) {
+  for (const c of ok.conversations) if (c.kind === 'service') upsertConv(convs, c, true, me);
+  return new Set(ok.conversations.map((c) => c.id));
+}
+
+/**
+ * A server event on the console's state `cs` = {convs, msgs, readBy,
+ * typingUntil} (maps by conversation id). Returns null or what to do:
+ * `all` redraw everything; `changed` redraw the list, the tabs and (when
+ * shown) the pane of that conversation; `pane` only its pane; `gap` watch
+ * these ConvMessages for a gap; `news` a conversation newly mine or offered;
+ * `typing`; `presence` the status to show; `toast` a text; `notes` reload
+ * the transfer notes.
+ */
+export function consoleEvent(cs, f, me, now = Date.now()) {
+  switch (f.type) {
+    case 'message': {
+      const c = cs.convs.get(f.msg.conv);
+      if (c) c.last_seq = Math.max(c.last_seq, f.msg.seq);
+      if (c && !c.name && f.msg.sender.id === c.customer) c.name = f.msg.sender.name;
+      const cm = cs.msgs.get(f.msg.conv);
+      cm?.add(f.msg);
+      cs.typingUntil.delete(f.msg.conv);
+      // No sound for messages: one per new assignment is enough.
+      return { changed: f.msg.conv, gap: cm || null };
+    }
+    case 'conversation': {
+      if (f.conv.kind !== 'service') return null;
+      const { info, news } = upsertConv(cs.convs, f.conv, false, me);
+      return { all: true, news: news ? info : null };
+    }
+    case 'receipt': {
+      const c = cs.convs.get(f.conv);
+      if (!c) return null;
+      if (f.user === me) c.last_read_seq = Math.max(c.last_read_seq || 0, f.seq);
+      else cs.readBy.set(f.conv, Math.max(cs.readBy.get(f.conv) || 0, f.seq));
+      return { changed: f.conv };
+    }
+    case 'typing':
+      if (f.user === me) return null;
+      cs.typingUntil.set(f.conv, now + 5000);
+      return { typing: true };
+    case 'recalled':
+      return cs.msgs.get(f.conv)?.recall(f.seq) ? { pane: f.conv } : null;
+    case 'presence':
+      return f.user === me ? { presence: f.status } : null;
+    case 'notice':
+      return f.code === 'transfer_note'
+        // The history holds the note too: the console refreshes the notes of its conversations.
+        ? { toast: t('c.tnote.toast', { m: f.text }), notes: true }
+        : { toast: f.text };
+    default: return null;
+  }
+}
+
+// The dashboard.
+
+/** The `watch` snapshot into the dashboard's board = {queues: team → waiting[], agents: user → AgentState}. */
+export function applyWatch(board, snap) {
+  board.queues.clear();
+  for (const q of snap.queues) board.queues.set(q.team, q.waiting);
+  board.agents.clear();
+  for (const a of snap.agents) board.agents.set(a.user, a);
+}
+
+/** A watch delta on the board (also `active`: conv → {conv, team, agent, since}); true when it changed. */
+export function boardEvent(board, f, now = Date.now()) {
+  if (f.type === 'queue_update') {
+    board.queues.set(f.queue.team, f.queue.waiting);
+    return true;
+  }
+  if (f.type === 'presence') {
+    // Sent once per team of the agent: applying it twice changes nothing.
+    const a = board.agents.get(f.user) || { user: f.user, capacity: 0, since: 0 };
+    if (a.status !== f.status) a.since = now;
+    a.status = f.status;
+    if (f.load != null) a.load = f.load;
+    board.agents.set(f.user, a);
+    return true;
+  }
+  if (f.type === 'conversation' && f.conv.kind === 'service') {
+    const c = f.conv;
+    if (c.state === 'active' && c.agent) {
+      const old = board.active.get(c.id);
+      board.active.set(c.id, { conv: c.id, team: c.team, agent: c.agent, since: old && old.agent === c.agent ? old.since : now });
+    } else board.active.delete(c.id);
+    return true;
+  }
+  return false;
+}
+
+/** "load/capacity" of an agent on the board. */
+export const loadText = (a) => `${a.load ?? 0}/${a.capacity || '?'}`;

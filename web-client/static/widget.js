@@ -1,9 +1,10 @@
 // The customer widget (/widget): pre-chat form, consult, queue position,
 // messages with outbox and resume, uploads, receipts, typing, rating.
-import { Session, Conn, api } from '/static/sb.js';
+import { Session, Conn, api, frames } from '/static/sb.js';
 import { t, add, setLang, lang, applyStatic } from '/static/i18n.js';
 import { h, $, fmtSize } from '/static/ui.js';
-import { ConvMessages, Outbox, loadLatest, catchUp, loadOlder, watchGap, renderMessages, emojiPicker } from '/static/chat.js';
+import { Outbox, loadLatest, catchUp, loadOlder, watchGap, renderMessages, emojiPicker, textKind, fileKind } from '/static/chat.js';
+import { widgetState, widgetEvent, setWidgetConv, openServiceConv, consulted, inLiveQueue, queueText } from '/static/widgetstate.js';
 
 add({
   'w.title': ['在线客服', 'Customer service'],
@@ -17,12 +18,6 @@ add({
   'w.start': ['开始咨询', 'Start chat'],
   'w.noid': ['无法确认您的身份，请刷新网页后重试。', 'We could not confirm who you are; reload the page and try again.'],
   'w.nolink': ['此链接无效或已过期，请从网站重新打开客服窗口。', 'This link is invalid or expired; open the chat again from the website.'],
-  'w.queue': ['正在为您排队：前面还有 {n} 位，预计等待 {eta}', 'You are in the queue: {n} ahead of you, about {eta} to wait'],
-  'w.queue.next': ['马上轮到您了，预计等待 {eta}', 'You are next, about {eta} to wait'],
-  'w.min': ['{n} 分钟', '{n} min'],
-  'w.lessmin': ['不到 1 分钟', 'under a minute'],
-  'w.waiting': ['正在为您接通客服…', 'Finding an agent for you…'],
-  'w.left': ['暂时没有客服在线，您可以留言，客服上线后会尽快回复。', 'No agent is available right now; leave a message and we will reply as soon as we are back.'],
   'w.placeholder': ['输入消息，回车发送', 'Type a message, Enter to send'],
   'w.rate.title': ['请为本次服务评分', 'Please rate this conversation'],
   'w.rate.comment': ['其他意见（选填）', 'Comments (optional)'],
@@ -63,17 +58,7 @@ if (/^#?[0-9a-fA-F]{3,8}$/.test(cfg.color)) document.body.style.setProperty('--c
 // ---------------------------------------------------------------- state
 const session = new Session('sb.widget');
 const outbox = new Outbox('sb.widget.outbox');
-const st = {
-  conv: null, // ConversationInfo of the current conversation
-  cm: null, // its ConvMessages
-  queue: null, // {position, eta_s}
-  otherRead: 0,
-  myRead: 0,
-  typingUntil: 0,
-  rating: null, // null | 'ask' | 'done'
-  notice: '',
-  net: 'connecting',
-};
+const st = widgetState(); // its fields and their updates by server events: widgetstate.js
 const view = $('#view');
 let ui = null; // elements of the chat screen
 
@@ -159,7 +144,7 @@ function awaitIdentity() {
 // ---------------------------------------------------------------- resume
 /** After every auth: find the conversation, catch up, consult if asked, resend the outbox. */
 async function resume(ok) {
-  const open = ok.conversations.find((c) => c.kind === 'service' && c.state !== 'closed');
+  const open = openServiceConv(ok);
   if (open) setConv(open);
   else if (st.conv && st.conv.state !== 'closed') {
     // It closed while we were away.
@@ -173,9 +158,9 @@ async function resume(ok) {
   const pendingConsult = sessionStorage.getItem('sb.widget.consult');
   if (pendingConsult && (!st.conv || st.conv.state === 'closed')) {
     const c = JSON.parse(pendingConsult);
-    const r = await conn.request({ type: 'consult', ...c });
+    const r = await conn.request(frames.consult(c));
     sessionStorage.removeItem('sb.widget.consult');
-    if (!st.conv || st.conv.id !== r.conv) setConv({ id: r.conv, kind: 'service', state: 'queued', last_seq: 0, last_read_seq: 0 });
+    if (!st.conv || st.conv.id !== r.conv) setConv(consulted(r.conv));
   } else if (pendingConsult) sessionStorage.removeItem('sb.widget.consult');
   if (st.conv) {
     const cm = st.cm;
@@ -187,9 +172,9 @@ async function resume(ok) {
         for (const m of members) if (m.user !== me()) st.otherRead = Math.max(st.otherRead, m.last_read_seq);
       } catch { /* not fatal */ }
     }
-    if (st.conv.state === 'queued' && !st.conv.offered_to && !st.conv.pending) {
+    if (inLiveQueue(st.conv)) {
       // A repeated consult answers with a fresh `queue` event.
-      conn.request({ type: 'consult' }).catch(() => {});
+      conn.request(frames.consult()).catch(() => {});
     }
   }
   render();
@@ -197,19 +182,7 @@ async function resume(ok) {
 }
 
 function setConv(info) {
-  if (!st.conv || st.conv.id !== info.id) {
-    st.cm = new ConvMessages(info.id);
-    st.queue = null;
-    st.otherRead = 0;
-    st.myRead = info.last_read_seq || 0;
-    st.rating = null;
-    st.notice = '';
-    st.conv = info;
-  } else {
-    st.conv = { ...info, last_read_seq: st.conv.last_read_seq };
-  }
-  if (st.conv.state !== 'queued' || st.conv.offered_to || st.conv.pending) st.queue = null;
-  if (st.conv.pending) st.notice = t('w.left');
+  setWidgetConv(st, info);
   if (!ui) renderChat();
 }
 
@@ -221,56 +194,13 @@ function flush() {
 
 // ---------------------------------------------------------------- events
 function event(f) {
-  switch (f.type) {
-    case 'message':
-      if (st.cm && f.msg.conv === st.cm.conv) {
-        st.cm.add(f.msg);
-        if (f.msg.sender.id !== me()) st.typingUntil = 0;
-        watchGap(conn, st.cm, render);
-        render();
-      }
-      break;
-    case 'conversation':
-      if (f.conv.kind !== 'service') break;
-      if (!st.conv || f.conv.id === st.conv.id || st.conv.state === 'closed') {
-        const fresh = !st.conv || st.conv.id !== f.conv.id;
-        setConv(f.conv);
-        if (fresh) loadLatest(conn, st.cm, f.conv.last_seq).then(render, () => {});
-        render();
-      }
-      break;
-    case 'queue':
-      if (st.conv && f.conv === st.conv.id && st.conv.state === 'queued' && !st.conv.offered_to && !st.conv.pending) {
-        st.queue = { position: f.position, eta_s: f.eta_s };
-        render();
-      }
-      break;
-    case 'receipt':
-      if (st.conv && f.conv === st.conv.id) {
-        if (f.user === me()) st.myRead = Math.max(st.myRead, f.seq);
-        else st.otherRead = Math.max(st.otherRead, f.seq);
-        render();
-      }
-      break;
-    case 'typing':
-      if (st.conv && f.conv === st.conv.id && f.user !== me()) {
-        st.typingUntil = Date.now() + 5000;
-        renderTyping();
-        setTimeout(renderTyping, 5100);
-      }
-      break;
-    case 'recalled':
-      if (st.cm && f.conv === st.cm.conv && st.cm.recall(f.seq)) render();
-      break;
-    case 'rate_request':
-      if (st.conv && f.conv === st.conv.id && st.rating !== 'done') { st.rating = 'ask'; render(); }
-      break;
-    case 'notice':
-      st.notice = f.code === 'left_message' ? t('w.left') : f.text;
-      render();
-      break;
-    default: break; // unknown events are ignored
-  }
+  const next = widgetEvent(st, f, me());
+  if (!next) return; // unknown events are ignored
+  if (next === 'typing') { renderTyping(); setTimeout(renderTyping, 5100); return; }
+  if (next === 'message') watchGap(conn, st.cm, render);
+  if (f.type === 'conversation' && !ui) renderChat();
+  if (next === 'new-conversation') loadLatest(conn, st.cm, f.conv.last_seq).then(render, () => {});
+  render();
 }
 
 // ---------------------------------------------------------------- chat UI
@@ -300,7 +230,7 @@ function renderChat() {
   text.addEventListener('input', () => {
     if (st.conv && st.conv.state !== 'closed' && Date.now() - lastTyping > 3000) {
       lastTyping = Date.now();
-      conn.send({ type: 'typing', conv: st.conv.id });
+      conn.send(frames.typing(st.conv.id));
     }
   });
   file.addEventListener('change', () => { if (file.files[0]) preview(file.files[0]); file.value = ''; });
@@ -314,8 +244,7 @@ function sendText(text) {
   if (!body || !st.conv || st.conv.state === 'closed') return;
   text.value = '';
   lastTyping = 0; // typing again after a send is news
-  const onlyEmoji = /^(\p{Extended_Pictographic}|\u200d|\ufe0f|\s)+$/u.test(body);
-  outbox.add(st.conv.id, onlyEmoji ? 'emoji' : 'text', body);
+  outbox.add(st.conv.id, textKind(body), body);
   flush();
 }
 
@@ -330,7 +259,7 @@ function preview(f) {
       const fd = new FormData();
       fd.append('file', f, f.name);
       const up = await api(session, 'POST', '/uploads', fd);
-      outbox.add(st.conv.id, isImg ? 'image' : 'file', isImg ? '' : up.name, { attachment: up.id, name: up.name, size: up.size });
+      outbox.add(st.conv.id, fileKind(f.type), isImg ? '' : up.name, { attachment: up.id, name: up.name, size: up.size });
       ui.preview.hidden = true;
       flush();
     } catch (e) {
@@ -344,21 +273,14 @@ function preview(f) {
   ui.preview.hidden = false;
 }
 
-function fmtEta(s) {
-  return s < 60 ? t('w.lessmin') : t('w.min', { n: Math.ceil(s / 60) });
-}
-
 function render() {
   renderNet();
   if (!ui) return;
   const c = st.conv;
   $('#end').hidden = !c || c.state === 'closed';
   ui.queue.hidden = !st.queue && !(c && c.state === 'queued' && !c.pending);
-  if (st.queue) {
-    const ahead = st.queue.position - 1;
-    ui.queue.textContent = ahead > 0 ? t('w.queue', { n: ahead, eta: fmtEta(st.queue.eta_s) }) : t('w.queue.next', { eta: fmtEta(st.queue.eta_s) });
-    ui.queue.dataset.position = st.queue.position;
-  } else ui.queue.textContent = t('w.waiting');
+  ui.queue.textContent = queueText(st.queue);
+  if (st.queue) ui.queue.dataset.position = st.queue.position;
   ui.notice.hidden = !st.notice || (c && c.state === 'active');
   ui.notice.textContent = st.notice;
   if (st.cm) {
@@ -393,7 +315,7 @@ function markRead() {
   const last = st.cm.contig;
   if (last > st.myRead) {
     st.myRead = last;
-    conn.send({ type: 'read', conv: st.cm.conv, seq: last });
+    conn.send(frames.read(st.cm.conv, last));
   }
 }
 document.addEventListener('visibilitychange', markRead);
@@ -408,7 +330,7 @@ function rateBox() {
   go.addEventListener('click', async () => {
     go.disabled = true;
     try {
-      await conn.request({ type: 'rate', conv: st.conv.id, score, comment: comment.value.trim() || undefined });
+      await conn.request(frames.rate(st.conv.id, score, comment.value.trim()));
       st.rating = 'done';
       render();
     } catch (e) {
@@ -428,8 +350,8 @@ function ended() {
 
 async function newChat() {
   try {
-    const r = await conn.request({ type: 'consult', team: cfg.team });
-    setConv({ id: r.conv, kind: 'service', state: 'queued', last_seq: 0, last_read_seq: 0 });
+    const r = await conn.request(frames.consult({ team: cfg.team }));
+    setConv(consulted(r.conv));
     st.cm.loaded = true;
     render();
   } catch (e) { st.notice = t('err', { m: e.message }); render(); }
@@ -437,7 +359,7 @@ async function newChat() {
 
 // ---------------------------------------------------------------- header
 $('#end').addEventListener('click', () => {
-  if (st.conv) conn.request({ type: 'close', conv: st.conv.id }).catch((e) => { st.notice = t('err', { m: e.message }); render(); });
+  if (st.conv) conn.request(frames.close(st.conv.id)).catch((e) => { st.notice = t('err', { m: e.message }); render(); });
 });
 $('#lang').addEventListener('click', () => {
   setLang(lang() === 'en' ? 'zh-CN' : 'en');
