@@ -426,6 +426,9 @@ const SERVER = {
     const st = widgetAfterAuth();
     assert.equal(widgetEvent(st, S.notice, CUSTOMER, NOW), 'render');
     assert.equal(st.notice, S.notice.text);
+    // A known code gets the widget's own wording (no fixture has left_message: this one is derived).
+    widgetEvent(st, { ...S.notice, level: 'info', code: 'left_message', conv: CONV }, CUSTOMER, NOW);
+    assert.equal(st.notice, '暂时没有客服在线，您可以留言，客服上线后会尽快回复。');
     assert.deepEqual(consoleEvent(consoleAfterAuth(), S.notice, AGENT, NOW), { toast: S.notice.text });
   },
 
