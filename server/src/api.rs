@@ -52,6 +52,7 @@ pub fn router(state: AppState) -> Router {
         .route("/conversations/{id}", get(get_conversation))
         .route("/conversations/{id}/messages", get(list_messages))
         .route("/conversations/{id}/members", get(list_members))
+        .merge(crate::customers::api::routes())
         .merge(crate::dispatch::api::routes())
         .merge(crate::jobs::api::routes())
         .merge(crate::tickets::api::routes())
@@ -117,7 +118,7 @@ pub struct PageQuery {
 }
 
 /// Page sizes default to 50 and are clamped to 1..=200.
-fn page_limit(q: &PageQuery) -> i64 {
+pub fn page_limit(q: &PageQuery) -> i64 {
     q.limit.unwrap_or(50).clamp(1, 200)
 }
 

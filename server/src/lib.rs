@@ -11,6 +11,7 @@
 //! - [`bus`]: the cross-node seam (in-process or Redis pub/sub).
 //! - [`auth`]: users, password hashes, tokens, quick links.
 //! - [`conversations`]: conversations, members, messages.
+//! - [`customers`]: a customer's profile and past conversations as staff see them.
 //! - [`dispatch`]: teams, queues, strategies, presence, assignment.
 //! - [`jobs`]: the durable job scheduler, recurring schedules, scheduled group messages.
 //! - [`calendar`]: working-hours calendars and business-time arithmetic.
@@ -27,6 +28,7 @@ pub mod bus;
 pub mod calendar;
 pub mod config;
 pub mod conversations;
+pub mod customers;
 pub mod dispatch;
 pub mod error;
 pub mod fanout;

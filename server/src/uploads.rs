@@ -168,7 +168,10 @@ pub async fn save_upload(
 }
 
 /// An upload's metadata and bytes, if the user may read it: the uploader, a
-/// member of a conversation it was sent into, or a supervisor/admin.
+/// member of a conversation it was sent into, a supervisor/admin, or an
+/// agent who serves or served the customer of a service conversation it was
+/// sent into (that agent may read the conversation, see
+/// [`crate::conversations::Access::Served`]).
 pub async fn read_upload(
     state: &AppState,
     user: &UserRef,
@@ -189,7 +192,11 @@ pub async fn read_upload(
     let owner: String = row.try_get("owner_id")?;
     let shared: Option<i64> = row.try_get("shared")?;
     let overseer = matches!(user.role, Role::Supervisor | Role::Admin);
-    if owner != user.id && shared.is_none() && !overseer {
+    if owner != user.id
+        && shared.is_none()
+        && !overseer
+        && !(user.role == Role::Agent && served_upload(state, &user.id, id).await?)
+    {
         return Err(not_found());
     }
     let info = UploadInfo {
@@ -201,6 +208,26 @@ pub async fn read_upload(
     };
     let bytes = state.files().get(id).await?;
     Ok((info, bytes))
+}
+
+/// Whether the upload was sent into a service conversation of a customer
+/// `agent` serves or has served.
+async fn served_upload(state: &AppState, agent: &str, upload: &str) -> AppResult<bool> {
+    let rows = sqlx::query(
+        "SELECT DISTINCT c.customer_id FROM upload_conversations uc \
+         JOIN conversations c ON c.id = uc.conv_id \
+         WHERE uc.upload_id = $1 AND c.kind = 'service' AND c.customer_id IS NOT NULL",
+    )
+    .bind(upload)
+    .fetch_all(state.store().read())
+    .await?;
+    for row in rows {
+        let customer: String = row.try_get("customer_id")?;
+        if crate::customers::serves(state.store(), agent, &customer).await? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 #[cfg(test)]

@@ -1120,6 +1120,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/conversations/{id}/messages"),
     ("get", "/api/v1/conversations/{id}/members"),
     ("get", "/api/v1/conversations/{id}/events"),
+    ("get", "/api/v1/customers/{id}"),
+    ("get", "/api/v1/customers/{id}/conversations"),
     ("post", "/api/v1/teams"),
     ("get", "/api/v1/teams"),
     ("get", "/api/v1/teams/{id}"),

@@ -20,6 +20,10 @@ add({
   'c.started': ['开始时间', 'Started'],
   'c.past': ['历史会话', 'Past conversations'],
   'c.nopast': ['无', 'None'],
+  'c.first': ['首次来访', 'First contact'],
+  'c.count': ['咨询次数', 'Conversations'],
+  'c.more': ['更多', 'More'],
+  'c.history': ['历史会话（只读）', 'Past conversation (read only)'],
   'c.transfer': ['转接', 'Transfer'],
   'c.close': ['结束会话', 'Close'],
   'c.to.agent': ['转给客服', 'To agent'],
@@ -268,7 +272,7 @@ function renderPane() {
   const writable = c && c.state === 'active' && c.agent === me();
   if (!paneEls || paneEls.conv !== sel || paneEls.writable !== writable || paneEls.lang !== lang()) {
     paneEls = { conv: sel, writable, lang: lang(), msgs: h('div', { class: 'msgs', role: 'log' }), typing: h('div', { class: 'typing' }) };
-    pane.replaceChildren(paneEls.msgs, paneEls.typing, writable ? composer(sel) : h('div', { class: 'composer muted' }, c?.agent && c.agent !== me() && c.state === 'active' ? t('c.transferred') : t('c.readonly')));
+    pane.replaceChildren(paneEls.msgs, paneEls.typing, writable ? composer(sel) : h('div', { class: 'composer muted' }, readOnlyPast(c) ? t('c.history') : c?.agent && c.agent !== me() && c.state === 'active' ? t('c.transferred') : t('c.readonly')));
   }
   const cm = msgs.get(sel);
   if (cm) {
@@ -288,7 +292,7 @@ function renderTyping() {
 function markRead() {
   if (!sel || document.hidden || !conn?.online) return;
   const c = convs.get(sel), cm = msgs.get(sel);
-  if (!c || !cm || !cm.loaded) return;
+  if (!c || !cm || !cm.loaded || readOnlyPast(c)) return;
   const seq = cm.contig;
   if (seq > (c.last_read_seq || 0)) {
     c.last_read_seq = seq;
@@ -370,16 +374,77 @@ function flush() {
   if (sel) renderPane();
 }
 
-async function renderInfo() {
+// ---------------------------------------------------------------- customer panel
+// The profile and every past conversation of the selected conversation's
+// customer, whoever served it (GET /customers/{id}, /customers/{id}/conversations).
+
+const customers = new Map(); // customer id -> { profile, items, next, conv, at, busy }
+const CUSTOMER_PAGE = 20;
+const CUSTOMER_TTL_MS = 60000;
+
+/** A customer's conversation opened from the past list that is not mine: read only, no read marks. */
+const readOnlyPast = (c) => !!c?.history && c.agent !== me();
+
+/**
+ * Loads a customer's profile and first page of conversations, again when
+ * another of its conversations is selected or the copy is a minute old;
+ * `more` appends the next page. Redraws the panel when it is still showing
+ * that customer.
+ */
+async function loadCustomer(id, conv, more = false) {
+  const old = customers.get(id);
+  if (old?.busy) return;
+  if (more ? !old?.next : old && old.conv === conv && Date.now() - old.at < CUSTOMER_TTL_MS) return;
+  const entry = more ? old : { items: [], ...old, conv, at: Date.now() };
+  entry.busy = true;
+  customers.set(id, entry);
+  if (more) renderInfo();
+  const path = `/customers/${encodeURIComponent(id)}`;
+  try {
+    if (more) {
+      const page = await api(session, 'GET', `${path}/conversations?limit=${CUSTOMER_PAGE}&cursor=${encodeURIComponent(entry.next)}`);
+      const seen = new Set(entry.items.map((x) => x.id));
+      entry.items = [...entry.items, ...page.items.filter((x) => !seen.has(x.id))];
+      entry.next = page.next_cursor;
+    } else {
+      const [profile, page] = await Promise.all([
+        api(session, 'GET', path), api(session, 'GET', `${path}/conversations?limit=${CUSTOMER_PAGE}`),
+      ]);
+      Object.assign(entry, { profile, items: page.items, next: page.next_cursor });
+    }
+  } catch { /* keep what is shown; tried again after CUSTOMER_TTL_MS */ }
+  entry.busy = false;
+  if (sel && convs.get(sel)?.customer === id) renderInfo();
+}
+
+/** Opens one of the customer's past conversations in a tab (read only unless it is mine). */
+function openPast(x, profile) {
+  if (!convs.has(x.id)) convs.set(x.id, { ...x, name: profile?.name, history: true });
+  openTab(x.id);
+}
+
+/** The past conversations (all but the selected one), with "more" while pages remain. */
+function pastList(c, cust) {
+  const items = (cust?.items || []).filter((x) => x.id !== c.id);
+  return h('div', { class: 'past-list' },
+    items.length ? items.map((x) => h('div', { class: 'past', dataset: { conv: x.id }, onclick: () => openPast(x, cust.profile) },
+      `${fmtTime(x.created_at)} · ${x.topic || ''} · ${t(`state.${x.state}`)}`)) : h('div', {}, t('c.nopast')),
+    cust?.next ? h('button', { class: 'ghost more-past', type: 'button', disabled: cust.busy, onclick: () => loadCustomer(c.customer, c.id, true) }, t('c.more')) : null);
+}
+
+function renderInfo() {
   const box = $('#info');
   const c = sel && convs.get(sel);
   if (!c) { box.replaceChildren(); return; }
   const mine = c.state === 'active' && c.agent === me();
-  const past = h('div', {}, t('c.nopast'));
+  const cust = c.customer ? customers.get(c.customer) : null;
+  const p = cust?.profile;
   fill(box,
     h('h4', {}, t('c.customer')),
-    h('div', { class: 'cust-name' }, h('b', {}, c.name || '—')),
+    h('div', { class: 'cust-name' }, h('b', {}, p?.name || c.name || '—')),
     h('div', { class: 'muted' }, c.customer || ''),
+    p ? h('div', { class: 'muted cust-first' }, `${t('c.first')}: ${fmtTime(p.created_at)}`) : null,
+    p ? h('div', { class: 'muted cust-count' }, `${t('c.count')}: ${p.conversations}`) : null,
     c.topic ? h('div', {}, `${t('c.topic')}: ${c.topic}`) : null,
     (c.notes || []).map((n) => h('div', { class: 'transfer-note' }, h('b', {}, `${t('c.tnote')} · ${fmtTime(n.at)}`), h('div', { class: 'text' }, n.note))),
     h('div', { class: 'muted' }, `${t('c.started')}: ${fmtTime(c.created_at)}`),
@@ -387,18 +452,8 @@ async function renderInfo() {
     mine ? h('div', { class: 'row' },
       h('button', { class: 'ghost', type: 'button', id: 'transfer', onclick: () => transferDialog(c.id) }, t('c.transfer')),
       h('button', { class: 'danger', type: 'button', id: 'close', onclick: () => closeConv(c.id) }, t('c.close'))) : null,
-    h('h4', {}, t('c.past')), past);
-  if (!c.customer) return;
-  try {
-    const list = await api(session, 'GET', '/conversations?limit=100');
-    const mineOld = list.items.filter((x) => x.customer === c.customer && x.id !== c.id);
-    if (mineOld.length) {
-      past.replaceChildren(...mineOld.map((x) => {
-        if (!convs.has(x.id)) convs.set(x.id, { ...x, name: c.name });
-        return h('div', { class: 'past', onclick: () => openTab(x.id) }, `${fmtTime(x.created_at)} · ${x.topic || ''} · ${t(`state.${x.state}`)}`);
-      }));
-    }
-  } catch { /* leave "none" */ }
+    h('h4', {}, t('c.past')), pastList(c, cust));
+  if (c.customer) loadCustomer(c.customer, c.id);
 }
 
 function closeConv(id) {

@@ -1,4 +1,5 @@
-// Browser tests of the console's offers and transfers, the widget's image
+// Browser tests of the console's offers and transfers, a returning
+// customer's earlier conversations in the console, the widget's image
 // upload and emoji, the dashboard's in-place updates and batch assignment,
 // and the staff pages' time zone and remembered language. Run by
 // scripts/browser-test.
@@ -121,6 +122,67 @@ test('console: a transfer to another agent carries the history and the note', as
   // The note survives a reload (it comes from the conversation's history).
   await b.reload();
   await b.locator('#info .transfer-note', { hasText: '客户要重开发票，抬头写公司名' }).waitFor();
+  for (const p of [a, b, cust]) assert.deepEqual(problems(p), []);
+});
+
+test('console: a returning customer\'s earlier conversation with another agent opens read only', async () => {
+  const srv = await server();
+  const fx = await setup(srv, { agents: [['alice', '小李'], ['bob', '小王']] });
+  const [alice, bob] = fx.agents;
+  // First visit: Alice serves the customer and closes.
+  const a = await newPage(browser);
+  await agentOnline(a, srv, alice);
+  const cust = await newPage(browser, { mobile: true });
+  await customerStarts(cust, srv, fx.quick, '郑女士', '我想退货');
+  await theirs(a, '我想退货').waitFor();
+  const first = await a.locator('.tab.sel').getAttribute('data-conv');
+  await a.fill('.composer textarea', '您好，我是小李，请提供订单号');
+  await a.press('.composer textarea', 'Enter');
+  await theirs(cust, '您好，我是小李，请提供订单号').waitFor();
+  await a.click('#close');
+  await cust.locator('.rate').waitFor();
+  await cust.click('.star[aria-label="4"]');
+  await cust.click('.rate button.primary');
+  // Second visit: Alice is away, Bob serves.
+  await a.selectOption('#presence', 'away');
+  const b = await newPage(browser);
+  await agentOnline(b, srv, bob);
+  await sleep(300); // Alice's presence frame is on its way too
+  await cust.click('.ended button.primary');
+  await cust.locator('.msg.system', { hasText: '客服 小王 为您服务' }).last().waitFor();
+  await cust.fill('.composer textarea', '我又来了');
+  await cust.press('.composer textarea', 'Enter');
+  await theirs(b, '我又来了').waitFor();
+  const second = await b.locator('.tab.sel').getAttribute('data-conv');
+  assert.notEqual(second, first);
+  // Bob's panel: the profile and Alice's conversation, which he never took part in.
+  await b.locator('#info .cust-count', { hasText: '咨询次数: 2' }).waitFor();
+  assert.match(await b.textContent('#info .cust-first'), /首次来访/);
+  assert.equal(await b.textContent('#info .cust-name'), '郑女士');
+  const past = b.locator(`#info .past[data-conv="${first}"]`);
+  await past.waitFor();
+  assert.match(await past.textContent(), /已结束/);
+  assert.equal(await b.locator('#info .more-past').count(), 0);
+  await past.click();
+  // Opened read only: Alice's message and the customer's, no composer.
+  await b.locator(`.tab.sel[data-conv="${first}"]`).waitFor();
+  await theirs(b, '您好，我是小李，请提供订单号').waitFor();
+  await theirs(b, '我想退货').waitFor();
+  await b.locator('#pane .composer.muted', { hasText: '历史会话（只读）' }).waitFor();
+  assert.equal(await b.locator('#pane .composer textarea').count(), 0);
+  // Its own panel lists the newer one; back on it, Bob still writes there.
+  await b.locator(`#info .past[data-conv="${second}"]`).waitFor();
+  await b.click(`.tab[data-conv="${second}"]`);
+  await b.fill('#pane .composer textarea', '您好，我是小王');
+  await b.press('#pane .composer textarea', 'Enter');
+  await theirs(cust, '您好，我是小王').waitFor();
+  // In English too.
+  await b.click('#lang');
+  await b.locator('#info .cust-count', { hasText: 'Conversations: 2' }).waitFor();
+  await b.locator('#info h4', { hasText: 'Past conversations' }).waitFor();
+  await b.click('#lang');
+  const stored = await srv.api('GET', `/conversations/${first}/messages?after=0&limit=50`, undefined, fx.admin);
+  assert.ok(!stored.messages.some((m) => m.sender.id === bob.id), JSON.stringify(stored.messages));
   for (const p of [a, b, cust]) assert.deepEqual(problems(p), []);
 });
 

@@ -125,17 +125,60 @@ pub async fn list_conversations_of(
         .collect()
 }
 
-/// What a user may do in a conversation.
+/// A customer's service conversations, newest first (creation time, then
+/// id), strictly after `after` (`created_at`, id) when given; `last_read_seq`
+/// is `viewer`'s own (0 where it is not a member). Who may ask is decided by
+/// [`crate::customers`].
+pub async fn service_conversations_of_customer(
+    store: &Store,
+    viewer: &str,
+    customer: &str,
+    after: Option<(i64, &str)>,
+    limit: i64,
+) -> AppResult<Vec<ConversationInfo>> {
+    // Without a cursor: past every real row (ids are never empty, and no
+    // conversation is created at i64::MAX).
+    let (at, id) = after.unwrap_or((i64::MAX, ""));
+    let rows = sqlx::query(&format!(
+        "SELECT {INFO_COLUMNS}, m.last_read_seq AS member_read FROM conversations c \
+         LEFT JOIN conversation_members m ON m.conv_id = c.id AND m.user_id = $2 \
+         WHERE c.kind = 'service' AND c.customer_id = $1 \
+         AND (c.created_at < $3 OR (c.created_at = $3 AND c.id < $4)) \
+         ORDER BY c.created_at DESC, c.id DESC LIMIT $5"
+    ))
+    .bind(customer)
+    .bind(viewer)
+    .bind(at)
+    .bind(id)
+    .bind(limit)
+    .fetch_all(store.read())
+    .await?;
+    rows.iter()
+        .map(|r| info_from_row(r, r.try_get::<Option<i64>, _>("member_read")?.unwrap_or(0)))
+        .collect()
+}
+
+/// What a user may do in a conversation. Only [`Access::Member`] writes
+/// (send, read marks, typing); the other kinds read history and `sync` only,
+/// get no events and do not become members.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
     /// A member: read and write.
     Member,
     /// A supervisor or admin who is not a member: read only.
     Oversight,
+    /// An agent who is not a member of this service conversation but serves
+    /// or has served its customer ([`crate::customers::serves`]): read only,
+    /// so that it can read the customer's earlier conversations.
+    Served,
 }
 
 /// A conversation as one user is allowed to see it, or `not_found` — also when
-/// it exists but the user may not see it, so ids cannot be probed.
+/// it exists but the user may not see it, so ids cannot be probed. Members
+/// see their conversations; supervisors and admins see any (read only); an
+/// agent sees, read only, the service conversations of a customer it serves
+/// or has served. Group conversations are for their members only (and
+/// oversight).
 pub async fn visible_conversation(
     store: &Store,
     user: &UserRef,
@@ -157,6 +200,17 @@ pub async fn visible_conversation(
         Some(read) => Ok((info_from_row(&row, read)?, Access::Member)),
         None if matches!(user.role, Role::Supervisor | Role::Admin) => {
             Ok((info_from_row(&row, 0)?, Access::Oversight))
+        }
+        None if user.role == Role::Agent => {
+            let info = info_from_row(&row, 0)?;
+            match (&info.kind, &info.customer) {
+                (ConversationKind::Service, Some(customer))
+                    if crate::customers::serves(store, &user.id, customer).await? =>
+                {
+                    Ok((info, Access::Served))
+                }
+                _ => Err(not_found()),
+            }
         }
         None => Err(not_found()),
     }
