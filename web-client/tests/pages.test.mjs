@@ -189,17 +189,56 @@ test('the admin page switches a team strategy and edits an agent', async () => {
   const team = await srv.api('GET', `/teams/${fx.team.id}`, undefined, fx.admin);
   assert.equal(team.strategy, 'skill');
   const urow = page.locator(`#staff tr[data-user="${fx.agents[0].id}"]`);
+  // (The page may still be reloading after the team change while this is typed.)
   await urow.locator('input.skills').fill('退款:3, 发票');
   await urow.locator('input.maxc').fill('3');
+  const saved = page.waitForResponse((r) => r.request().method() === 'PATCH' && r.url().includes(`/users/${fx.agents[0].id}`));
   await urow.locator('button').click();
-  let u;
-  for (let i = 0; i < 50 && u?.max_concurrency !== 3; i++) {
-    await sleep(100);
-    u = (await srv.api('GET', '/users?role=agent', undefined, fx.admin)).items.find((x) => x.id === fx.agents[0].id);
-  }
+  assert.equal((await saved).status(), 200);
+  const u = (await srv.api('GET', '/users?role=agent', undefined, fx.admin)).items.find((x) => x.id === fx.agents[0].id);
   assert.equal(u.max_concurrency, 3);
   assert.deepEqual(u.skills, [{ name: '退款', level: 3 }, { name: '发票', level: 1 }]);
   await shot(page, 'admin');
+  assert.deepEqual(problems(page), []);
+});
+
+test('the admin page keeps what is typed while a save reloads it', async () => {
+  // Every save reloads and redraws the page; what is typed meanwhile (and
+  // then saved) must survive the redraw. Here the reload after a team change
+  // is held until an agent's skills and max concurrency have been typed.
+  const srv = await server();
+  const fx = await setup(srv);
+  const page = await newPage(browser);
+  await staffLogin(page, srv, '/admin', 'admin', ADMIN_PASSWORD);
+  const sel = `#staff tr[data-user="${fx.agents[0].id}"]`;
+  const urow = page.locator(sel);
+  await urow.waitFor();
+  let release;
+  const held = new Promise((r) => { release = r; });
+  let hold = true;
+  await page.route(/\/api\/v1\/users\?limit=200$/, async (route) => {
+    if (hold) { hold = false; await held; }
+    await route.continue();
+  });
+  await page.locator(`#teams tr[data-team="${fx.team.id}"] select.strategy`).selectOption('skill');
+  await page.locator('.toast', { hasText: '已保存' }).waitFor();
+  await urow.evaluate((el) => { el.dataset.old = '1'; });
+  await urow.locator('input.skills').fill('退款:3, 发票');
+  await urow.locator('input.maxc').fill('3');
+  release();
+  await page.locator(`${sel}:not([data-old])`).waitFor(); // redrawn from the server
+  assert.equal(await urow.locator('input.skills').inputValue(), '退款:3, 发票');
+  assert.equal(await urow.locator('input.maxc').inputValue(), '3');
+  assert.ok(await urow.locator('input.maxc').evaluate((el) => el === document.activeElement), 'the field being typed in keeps the focus');
+  const saved = page.waitForResponse((r) => r.request().method() === 'PATCH' && r.url().includes(`/users/${fx.agents[0].id}`));
+  await urow.locator('button').click();
+  assert.deepEqual(JSON.parse((await saved).request().postData()), { skills: [{ name: '退款', level: 3 }, { name: '发票', level: 1 }], max_concurrency: 3 });
+  const u = (await srv.api('GET', '/users?role=agent', undefined, fx.admin)).items.find((x) => x.id === fx.agents[0].id);
+  assert.equal(u.max_concurrency, 3);
+  assert.deepEqual(u.skills, [{ name: '退款', level: 3 }, { name: '发票', level: 1 }]);
+  // Saved, so no longer a draft: the reload after the save shows the server's values.
+  await page.waitForFunction((q) => document.querySelector(q)?.value === '退款:3, 发票:1', `${sel} input.skills`);
+  assert.equal((await srv.api('GET', `/teams/${fx.team.id}`, undefined, fx.admin)).strategy, 'skill');
   assert.deepEqual(problems(page), []);
 });
 
