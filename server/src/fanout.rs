@@ -54,6 +54,23 @@ impl Fanout {
         }
     }
 
+    /// Serializes a frame and delivers it to this node's connections only:
+    /// for what every node computes for its own connections.
+    pub fn deliver_local_frame<F: Serialize>(&self, target: Target, exclude: Exclude, frame: &F) {
+        match serde_json::to_string(frame) {
+            Ok(text) => {
+                self.registry
+                    .deliver(&target, &exclude, &Utf8Bytes::from(text));
+            }
+            Err(e) => tracing::error!(error = %e, "cannot serialize event"),
+        }
+    }
+
+    /// Tells the other nodes that these teams' queues changed.
+    pub fn queue_changed(&self, teams: Vec<String>) {
+        self.publish(Envelope::QueueChanged { teams });
+    }
+
     /// Users joined a conversation: every node indexes their connections.
     pub fn members_added(&self, conv: &str, users: Vec<String>) {
         self.registry.join_many(conv, &users);
@@ -92,6 +109,8 @@ impl Fanout {
             }
             Envelope::MembersAdded { conv, users } => self.registry.join_many(&conv, &users),
             Envelope::MembersRemoved { conv, users } => self.registry.leave_many(&conv, &users),
+            // The dispatcher's (see `AppState::apply_bus_message`).
+            Envelope::QueueChanged { .. } => {}
         }
     }
 }

@@ -151,6 +151,11 @@ impl AppState {
 
     /// Applies what another node published.
     pub fn apply_bus_message(&self, msg: BusMessage) {
-        self.inner.fanout.apply(msg);
+        match msg.envelope {
+            crate::bus::Envelope::QueueChanged { teams } => {
+                self.dispatcher().queues_changed_elsewhere(teams)
+            }
+            _ => self.inner.fanout.apply(msg),
+        }
     }
 }

@@ -17,7 +17,7 @@ use futures_util::StreamExt;
 use switchboard_protocol::ServerFrame;
 use switchboard_server::bus::local::LocalNetwork;
 use switchboard_server::bus::redis::RedisBus;
-use switchboard_server::bus::{Bus, BusMessage, Envelope, Exclude, Target};
+use switchboard_server::bus::{self, Bus, BusMessage, Envelope, Exclude, Target};
 use switchboard_server::config::{Config, ServiceUrl};
 use switchboard_server::metrics::Metrics;
 use switchboard_server::util::now_ms;
@@ -572,8 +572,8 @@ async fn redis_carries_the_encoded_message_and_b_decodes_it() {
     watcher.subscribe(&channel).await.unwrap();
     let mut watched = watcher.on_message();
 
-    // What A publishes is exactly `encode()` on the channel, and B decodes it
-    // back to the very message, frame bytes included.
+    // What A publishes is a packet holding exactly `encode()`, and B decodes
+    // it back to the very message, frame bytes included.
     let sent = message(
         "node-a",
         Envelope::Deliver {
@@ -588,7 +588,10 @@ async fn redis_carries_the_encoded_message_and_b_decodes_it() {
             .await
             .expect("watcher got the publish")
             .expect("watcher stream open");
-        let bytes = m.get_payload_bytes().to_vec();
+        let packet = m.get_payload_bytes().to_vec();
+        let inner = bus::unpack(&packet).expect("a packet");
+        assert_eq!(inner.len(), 1, "one message was queued, one is packed");
+        let bytes = inner[0].to_vec();
         if !is_probe(&BusMessage::decode(&bytes).expect("decodable payload")) {
             break bytes;
         }
@@ -619,7 +622,7 @@ async fn redis_carries_the_encoded_message_and_b_decodes_it() {
     );
     let receivers: i64 = redis::cmd("PUBLISH")
         .arg(&channel)
-        .arg(foreign.encode())
+        .arg(bus::pack(&[foreign.encode()]).remove(0))
         .query_async(&mut conn)
         .await
         .unwrap();

@@ -108,7 +108,9 @@ async fn two_nodes_200_customers(backend: Backend) {
     const CUSTOMERS: usize = 200;
     const SERVED: usize = AGENTS * CAPACITY;
     const WAITING: usize = CUSTOMERS - SERVED;
-    const QUIET: Duration = Duration::from_millis(600);
+    // Longer than the second a changed queue position may be held back
+    // (protocol/README.md, `queue`), so the last frame is the final one.
+    const QUIET: Duration = Duration::from_millis(1500);
 
     let cluster = Cluster::new(backend).await;
     cluster.seed_user(ADMIN, ADMIN_PASSWORD, Role::Admin).await;

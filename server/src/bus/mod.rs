@@ -63,6 +63,10 @@ pub enum Envelope {
     MembersAdded { conv: String, users: Vec<String> },
     /// Users left a conversation.
     MembersRemoved { conv: String, users: Vec<String> },
+    /// These teams' queues changed: each node tells its own waiting
+    /// customers and watchers their positions. One small message instead of
+    /// one per waiting customer, whose connection may be on any node.
+    QueueChanged { teams: Vec<String> },
 }
 
 /// An envelope with where and when it was published.
@@ -90,6 +94,7 @@ enum HeaderKind {
     Deliver { to: Target, ex: Exclude },
     Added { conv: String, users: Vec<String> },
     Removed { conv: String, users: Vec<String> },
+    Queue { teams: Vec<String> },
 }
 
 impl BusMessage {
@@ -118,6 +123,12 @@ impl BusMessage {
                 HeaderKind::Removed {
                     conv: conv.clone(),
                     users: users.clone(),
+                },
+                "",
+            ),
+            Envelope::QueueChanged { teams } => (
+                HeaderKind::Queue {
+                    teams: teams.clone(),
                 },
                 "",
             ),
@@ -152,6 +163,7 @@ impl BusMessage {
             }
             HeaderKind::Added { conv, users } => Envelope::MembersAdded { conv, users },
             HeaderKind::Removed { conv, users } => Envelope::MembersRemoved { conv, users },
+            HeaderKind::Queue { teams } => Envelope::QueueChanged { teams },
         };
         Ok(BusMessage {
             origin: header.o,
@@ -159,6 +171,49 @@ impl BusMessage {
             envelope,
         })
     }
+}
+
+/// Largest packet published at once. Why 512 KiB: a batch of 256 messages
+/// rarely comes near it, and Redis buffers each packet for every subscriber.
+const MAX_PACKET: usize = 512 * 1024;
+
+/// Joins encoded messages into packets for one PUBLISH each: every message
+/// is its length (4 bytes, big-endian) then its bytes. Why: a PUBLISH costs
+/// Redis and each subscriber about the same for a small message as for a
+/// packet of hundreds, and dispatch publishes a dozen small messages per
+/// assignment.
+pub fn pack(messages: &[Vec<u8>]) -> Vec<Vec<u8>> {
+    let mut packets = Vec::new();
+    let mut packet: Vec<u8> = Vec::new();
+    for m in messages {
+        if !packet.is_empty() && packet.len() + 4 + m.len() > MAX_PACKET {
+            packets.push(std::mem::take(&mut packet));
+        }
+        packet.extend_from_slice(&(m.len() as u32).to_be_bytes());
+        packet.extend_from_slice(m);
+    }
+    if !packet.is_empty() {
+        packets.push(packet);
+    }
+    packets
+}
+
+/// The messages of a packet made by [`pack`].
+pub fn unpack(mut packet: &[u8]) -> Result<Vec<&[u8]>, String> {
+    let mut out = Vec::new();
+    while !packet.is_empty() {
+        let Some((len, rest)) = packet.split_first_chunk::<4>() else {
+            return Err("bus packet: truncated length".into());
+        };
+        let len = u32::from_be_bytes(*len) as usize;
+        if rest.len() < len {
+            return Err("bus packet: truncated message".into());
+        }
+        let (m, rest) = rest.split_at(len);
+        out.push(m);
+        packet = rest;
+    }
+    Ok(out)
 }
 
 /// Called for every message another node published.
@@ -233,6 +288,9 @@ mod tests {
                 conv: "cv_1".into(),
                 users: vec!["u_3".into()],
             },
+            Envelope::QueueChanged {
+                teams: vec!["t_1".into(), "t_2".into()],
+            },
         ] {
             let msg = BusMessage {
                 origin: "node-a".into(),
@@ -241,6 +299,28 @@ mod tests {
             };
             assert_eq!(BusMessage::decode(&msg.encode()).unwrap(), msg);
         }
+    }
+
+    #[test]
+    fn packets_round_trip_and_stay_bounded() {
+        let messages: Vec<Vec<u8>> = (0..300u32)
+            .map(|i| format!("message {i} 你好").into_bytes())
+            .chain([vec![b'x'; MAX_PACKET], Vec::new()])
+            .collect();
+        let packets = pack(&messages);
+        assert!(
+            packets.len() >= 3,
+            "the large message gets a packet of its own"
+        );
+        let back: Vec<Vec<u8>> = packets
+            .iter()
+            .flat_map(|p| unpack(p).unwrap())
+            .map(<[u8]>::to_vec)
+            .collect();
+        assert_eq!(back, messages);
+        assert!(pack(&[]).is_empty());
+        assert!(unpack(&[0, 0, 0, 5, b'a']).is_err());
+        assert!(unpack(&[0, 0]).is_err());
     }
 
     #[test]

@@ -26,12 +26,14 @@ use sqlx::{AnyConnection, Row};
 use switchboard_protocol::{Message, ServerFrame, UserRef};
 use tokio::sync::{mpsc, oneshot};
 
-use super::messages::{find_by_client_id, message_from_row, why_not_writable, SendInput, COLUMNS};
+use super::messages::{
+    find_by_client_id, insert_messages, message_from_row, why_not_writable, SendInput, COLUMNS,
+};
 use crate::bus::{Exclude, Target};
 use crate::error::{is_unique_violation, AppError, AppResult};
 use crate::fanout::Fanout;
 use crate::metrics::Metrics;
-use crate::store::{Backend, Store};
+use crate::store::{Backend, Placeholders, Store};
 use crate::util::{new_id, now_ms};
 
 /// Sends stored in one transaction at most. Why 256: a batch's transaction
@@ -229,42 +231,6 @@ enum Outcome {
     NotWritable,
 }
 
-/// Numbers the placeholders of a generated statement, in binding order:
-/// `$1, $2, …` on PostgreSQL, anonymous `?` on SQLite. Why not `$N` on SQLite
-/// too: SQLite looks each named parameter up by a linear scan, so binding the
-/// thousands of parameters of a batch `INSERT` was quadratic and took a
-/// quarter of the server's CPU under load. Every placeholder is bound exactly
-/// once, in the order it appears in the text.
-struct Placeholders {
-    backend: Backend,
-    next: usize,
-}
-
-impl Placeholders {
-    fn new(backend: Backend) -> Self {
-        Placeholders { backend, next: 0 }
-    }
-
-    fn one(&mut self) -> String {
-        self.next += 1;
-        match self.backend {
-            Backend::Sqlite => "?".to_string(),
-            Backend::Postgres => format!("${}", self.next),
-        }
-    }
-
-    /// `(p, p, …), (p, p, …)`: `rows` tuples of `width`.
-    fn rows(&mut self, rows: usize, width: usize) -> String {
-        (0..rows)
-            .map(|_| {
-                let cells: Vec<String> = (0..width).map(|_| self.one()).collect();
-                format!("({})", cells.join(", "))
-            })
-            .collect::<Vec<_>>()
-            .join(", ")
-    }
-}
-
 /// Stores every send of a batch in one transaction with a fixed number of
 /// statements, whatever the batch size: every statement costs a hand-off to
 /// the database driver's thread (SQLite) or a round trip (PostgreSQL), and per
@@ -417,33 +383,7 @@ async fn commit_batch(store: &Store, jobs: &[Job]) -> Result<Vec<Outcome>, sqlx:
             messages.push((i, new_message(j, *seq, now)));
             *seq += 1;
         }
-        let mut p = Placeholders::new(backend);
-        let sql = format!(
-            "INSERT INTO messages ({COLUMNS}) VALUES {}",
-            (0..messages.len())
-                .map(|_| {
-                    let cells: Vec<String> = (0..11).map(|_| p.one()).collect();
-                    format!("({}, NULL)", cells.join(", "))
-                })
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        let mut q = sqlx::query(&sql);
-        for (_, m) in &messages {
-            q = q
-                .bind(&m.id)
-                .bind(&m.conv)
-                .bind(m.seq)
-                .bind(&m.sender.id)
-                .bind(m.sender.role.as_str())
-                .bind(&m.sender.name)
-                .bind(m.kind.as_str())
-                .bind(&m.body)
-                .bind(&m.attachment)
-                .bind(&m.client_msg_id)
-                .bind(m.ts);
-        }
-        q.execute(&mut *tx).await?;
+        insert_messages(&mut tx, backend, messages.iter().map(|(_, m)| m)).await?;
         for (_, m) in &messages {
             if let Some(upload) = &m.attachment {
                 link_upload(&mut tx, upload, &m.conv).await?;
@@ -550,22 +490,7 @@ async fn insert_message(
         return Ok(None);
     };
     let msg = new_message(job, seq_row.try_get("last_seq")?, now);
-    sqlx::query(&format!(
-        "INSERT INTO messages ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, NULL)"
-    ))
-    .bind(&msg.id)
-    .bind(&msg.conv)
-    .bind(msg.seq)
-    .bind(&msg.sender.id)
-    .bind(msg.sender.role.as_str())
-    .bind(&msg.sender.name)
-    .bind(msg.kind.as_str())
-    .bind(&msg.body)
-    .bind(&msg.attachment)
-    .bind(&msg.client_msg_id)
-    .bind(msg.ts)
-    .execute(&mut *conn)
-    .await?;
+    insert_messages(conn, Backend::of(conn), std::iter::once(&msg)).await?;
     if let Some(upload) = &msg.attachment {
         link_upload(conn, upload, &msg.conv).await?;
     }

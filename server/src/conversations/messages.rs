@@ -19,7 +19,7 @@ use super::{require_member, visible_conversation};
 use crate::bus::{Exclude, Target};
 use crate::error::{AppError, AppResult};
 use crate::state::AppState;
-use crate::store::Store;
+use crate::store::{Backend, Placeholders, Store};
 use crate::util::now_ms;
 
 pub(super) const COLUMNS: &str =
@@ -43,10 +43,18 @@ pub async fn insert_system_message(
     .bind(now)
     .fetch_one(&mut *conn)
     .await?;
-    let msg = Message {
+    let msg = system_message(conv, row.try_get("last_seq")?, body, now);
+    insert_messages(conn, Backend::of(conn), std::iter::once(&msg)).await?;
+    Ok(msg)
+}
+
+/// A server-made `system` message at `seq`; the caller has reserved `seq`
+/// (bumped the conversation's `last_seq`) in the transaction that stores it.
+pub fn system_message(conv: &str, seq: i64, body: &str, now: i64) -> Message {
+    Message {
         id: crate::util::new_id("m_"),
         conv: conv.to_string(),
-        seq: row.try_get("last_seq")?,
+        seq,
         sender: UserRef {
             id: "system".into(),
             role: Role::System,
@@ -58,22 +66,49 @@ pub async fn insert_system_message(
         client_msg_id: None,
         ts: now,
         recalled: false,
-    };
-    sqlx::query(&format!(
-        "INSERT INTO messages ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, NULL, $9, NULL)"
-    ))
-    .bind(&msg.id)
-    .bind(&msg.conv)
-    .bind(msg.seq)
-    .bind(&msg.sender.id)
-    .bind(msg.sender.role.as_str())
-    .bind(&msg.sender.name)
-    .bind(msg.kind.as_str())
-    .bind(&msg.body)
-    .bind(msg.ts)
-    .execute(&mut *conn)
-    .await?;
-    Ok(msg)
+    }
+}
+
+/// Inserts messages whose `seq` the caller reserved, with one statement
+/// whatever their number (each statement costs a round trip or a hand-off to
+/// SQLite's thread).
+pub async fn insert_messages<'m>(
+    conn: &mut sqlx::AnyConnection,
+    backend: Backend,
+    messages: impl Iterator<Item = &'m Message> + Clone,
+) -> Result<(), sqlx::Error> {
+    let n = messages.clone().count();
+    if n == 0 {
+        return Ok(());
+    }
+    let mut p = Placeholders::new(backend);
+    let sql = format!(
+        "INSERT INTO messages ({COLUMNS}) VALUES {}",
+        (0..n)
+            .map(|_| {
+                let cells: Vec<String> = (0..11).map(|_| p.one()).collect();
+                format!("({}, NULL)", cells.join(", "))
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let mut q = sqlx::query(&sql);
+    for m in messages {
+        q = q
+            .bind(&m.id)
+            .bind(&m.conv)
+            .bind(m.seq)
+            .bind(&m.sender.id)
+            .bind(m.sender.role.as_str())
+            .bind(&m.sender.name)
+            .bind(m.kind.as_str())
+            .bind(&m.body)
+            .bind(&m.attachment)
+            .bind(&m.client_msg_id)
+            .bind(m.ts);
+    }
+    q.execute(&mut *conn).await?;
+    Ok(())
 }
 
 pub(super) fn message_from_row(row: &AnyRow) -> AppResult<Message> {

@@ -37,7 +37,15 @@ const INFO_COLUMNS: &str = "c.id, c.kind, c.state, c.title, c.team_id, c.agent_i
                             c.customer_id, c.last_seq, c.created_at, c.topic, c.offered_to, \
                             c.offer_expires_at, c.pending";
 
-fn info_from_row(row: &AnyRow, last_read_seq: i64) -> AppResult<ConversationInfo> {
+/// The columns of [`ConversationInfo`] unqualified, for `RETURNING` (an
+/// update returns the row it wrote, so the event needs no read back).
+pub const RETURNING_INFO: &str = "id, kind, state, title, team_id, agent_id, customer_id, \
+                                  last_seq, created_at, topic, offered_to, offer_expires_at, \
+                                  pending";
+
+/// A [`ConversationInfo`] from a row holding [`INFO_COLUMNS`] or
+/// [`RETURNING_INFO`].
+pub fn info_from_row(row: &AnyRow, last_read_seq: i64) -> AppResult<ConversationInfo> {
     let kind: String = row.try_get("kind")?;
     let state: String = row.try_get("state")?;
     Ok(ConversationInfo {

@@ -39,6 +39,12 @@ local function contains(list, x)
   return false
 end
 
+-- The queued time within a queue score: Ticket::score is
+-- (9 - priority) * 1e13 + queued (exact in a double).
+local function queued_of(score)
+  return string.format('%d', tonumber(score) % 10000000000000)
+end
+
 local function effective(status, seen, now, live)
   if seen == nil or now - seen > live then return 'offline' end
   return status or 'offline'
@@ -227,32 +233,42 @@ if op == 'drain' then
     local a = {id = id, status = v[1], seen = num(v[2]), load = num(v[3], 0), cap = num(v[4], 0), last = num(v[5], 0), skills = v[6]}
     table.insert(agents, a)
   end
-  local function is_eligible(a)
-    return effective(a.status, a.seen, now, live) == 'online' and a.load < a.cap
+  -- The eligible agents, in id order, kept up to date as picks fill them
+  -- (eligibility only shrinks within one call), so a pick does not look at
+  -- every member again.
+  local elig = {}
+  for _, a in ipairs(agents) do
+    if effective(a.status, a.seen, now, live) == 'online' and a.load < a.cap then
+      table.insert(elig, a)
+    end
   end
   local queue = redis.call('ZRANGE', qkey, 0, SCAN - 1)
   for _, conv in ipairs(queue) do
-    if #out >= max * 3 then break end
+    if #out >= max * 3 or #elig == 0 then break end
     local tkey = key('ticket', conv)
     local t = redis.call('HMGET', tkey, 'queued', 'skills', 'tried')
     if not t[1] then
       redis.call('ZREM', qkey, conv)
     else
       local tried = decode(t[3], {})
-      local cands, any = {}, false
-      for _, a in ipairs(agents) do
-        if is_eligible(a) then
-          any = true
+      local cands = elig
+      if #tried > 0 then
+        cands = {}
+        for _, a in ipairs(elig) do
           if not contains(tried, a.id) then table.insert(cands, a) end
         end
       end
-      if not any then break end
       local queued = num(t[1])
       local i = pick(team, strategy, cands, decode(t[2], {}), now - queued > widen_ms)
       if i then
         local a = cands[i]
         a.load = a.load + 1
         a.last = now
+        if a.load >= a.cap then
+          for j, e in ipairs(elig) do
+            if e == a then table.remove(elig, j); break end
+          end
+        end
         redis.call('ZREM', qkey, conv)
         redis.call('HSET', key('agent', a.id), 'load', a.load, 'last', now)
         if offer_ms > 0 then
@@ -367,25 +383,29 @@ if op == 'overdue' then
   local qkey = key('team', ARGV[3], 'q')
   local cutoff = num(ARGV[4])
   local out = {}
-  for _, conv in ipairs(redis.call('ZRANGE', qkey, 0, -1)) do
-    local queued = num(redis.call('HGET', key('ticket', conv), 'queued'), 0)
-    if queued < cutoff then
+  local z = redis.call('ZRANGE', qkey, 0, -1, 'WITHSCORES')
+  for i = 1, #z, 2 do
+    local conv, queued = z[i], queued_of(z[i + 1])
+    if num(queued, 0) < cutoff then
       redis.call('ZREM', qkey, conv)
       redis.call('DEL', key('ticket', conv))
       redis.call('SREM', key('tickets'), conv)
       table.insert(out, conv)
-      table.insert(out, tostring(queued))
+      table.insert(out, queued)
     end
   end
   return out
 end
 
 if op == 'queue' then
-  -- ARGV: team -> flat list conv, queued
+  -- ARGV: team -> flat list conv, queued. The queued time is read from the
+  -- score, not from each ticket: a long queue is read often (every position
+  -- update) and one HGET per waiting conversation dominated the script.
   local out = {}
-  for _, conv in ipairs(redis.call('ZRANGE', key('team', ARGV[3], 'q'), 0, -1)) do
-    table.insert(out, conv)
-    table.insert(out, tostring(redis.call('HGET', key('ticket', conv), 'queued') or 0))
+  local z = redis.call('ZRANGE', key('team', ARGV[3], 'q'), 0, -1, 'WITHSCORES')
+  for i = 1, #z, 2 do
+    table.insert(out, z[i])
+    table.insert(out, queued_of(z[i + 1]))
   end
   return out
 end

@@ -33,10 +33,19 @@ const MIN_SAMPLES: usize = 5;
 /// Estimates are capped at a day.
 const MAX_ETA_S: f64 = 86_400.0;
 
+/// A team's recent handling and waiting times.
 #[derive(Debug, Clone, Copy)]
-struct Stats {
+pub struct Stats {
     median_handle_s: f64,
     p75_wait_s: f64,
+}
+
+impl Stats {
+    /// Seconds the customer at `position` (1-based) should expect to wait
+    /// while agents with `capacity` seats in all serve.
+    pub fn eta_s(&self, position: usize, capacity: u32) -> u32 {
+        estimate(*self, position, capacity)
+    }
 }
 
 /// Per-team sample cache of one node.
@@ -67,23 +76,8 @@ fn estimate(stats: Stats, position: usize, capacity: u32) -> u32 {
 }
 
 impl Estimator {
-    /// Seconds the customer at `position` (1-based) should expect to wait.
-    pub async fn eta_s(
-        &self,
-        store: &Store,
-        team: &str,
-        position: usize,
-        capacity: u32,
-        now: i64,
-    ) -> AppResult<u32> {
-        Ok(estimate(
-            self.stats(store, team, now).await?,
-            position,
-            capacity,
-        ))
-    }
-
-    async fn stats(&self, store: &Store, team: &str, now: i64) -> AppResult<Stats> {
+    /// The team's stats, read again at most every [`REFRESH`].
+    pub async fn stats(&self, store: &Store, team: &str, now: i64) -> AppResult<Stats> {
         if let Some((at, s)) = self.cache.lock().expect("eta lock").get(team) {
             if at.elapsed() < REFRESH {
                 return Ok(*s);

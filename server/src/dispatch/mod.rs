@@ -166,6 +166,8 @@ impl Engine {
 struct TeamEntry {
     team: Team,
     agents: Vec<String>,
+    /// Display names of the members (for system messages).
+    names: HashMap<String, String>,
 }
 
 /// One node's dispatcher.
@@ -176,13 +178,17 @@ pub struct Dispatcher {
     teams: Mutex<HashMap<String, (Instant, TeamEntry)>>,
     /// Staff connected to this node: declared status and connection count.
     local: Mutex<HashMap<String, (PresenceStatus, usize)>>,
-    /// Teams whose waiting customers need a position update.
-    dirty: Mutex<HashSet<String>>,
+    /// Teams whose waiting customers need a position update; true where
+    /// the change was made on this node (the other nodes are then told).
+    dirty: Mutex<HashMap<String, bool>>,
     notify: Notify,
     eta: eta::Estimator,
     /// Conversation → customer, for queue views (a conversation's customer
     /// never changes, so entries never go stale).
     customers: Mutex<HashMap<String, String>>,
+    /// What each waiting customer connected here was last told, per team:
+    /// see [`worth_telling`].
+    told: Mutex<HashMap<String, HashMap<String, Told>>>,
     /// Agent → its teams, reused for [`TEAM_CACHE`].
     agent_teams: Mutex<HashMap<String, (Instant, Vec<String>)>>,
 }
@@ -197,10 +203,11 @@ impl Dispatcher {
             engine,
             teams: Mutex::new(HashMap::new()),
             local: Mutex::new(HashMap::new()),
-            dirty: Mutex::new(HashSet::new()),
+            dirty: Mutex::new(HashMap::new()),
             notify: Notify::new(),
             eta: eta::Estimator::default(),
             customers: Mutex::new(HashMap::new()),
+            told: Mutex::new(HashMap::new()),
             agent_teams: Mutex::new(HashMap::new()),
         }
     }
@@ -227,7 +234,26 @@ impl Dispatcher {
         self.dirty
             .lock()
             .expect("dirty lock")
-            .insert(team.to_string());
+            .insert(team.to_string(), true);
+        self.notify.notify_one();
+    }
+
+    /// The customer of `conv` is sent its position at the next update even
+    /// if it did not change.
+    fn forget_told(&self, team: &str, conv: &str) {
+        if let Some(told) = self.told.lock().expect("told lock").get_mut(team) {
+            told.remove(conv);
+        }
+    }
+
+    /// Another node changed these teams' queues: this node's waiting
+    /// customers and watchers get their update too.
+    pub fn queues_changed_elsewhere(&self, teams: Vec<String>) {
+        let mut dirty = self.dirty.lock().expect("dirty lock");
+        for team in teams {
+            dirty.entry(team).or_insert(false);
+        }
+        drop(dirty);
         self.notify.notify_one();
     }
 }
@@ -242,13 +268,18 @@ async fn team_entry(state: &AppState, id: &str) -> AppResult<Option<TeamEntry>> 
     let Some(team) = teams::get(state.store(), id).await? else {
         return Ok(None);
     };
-    let agents = teams::members(state.store(), id)
-        .await?
-        .into_iter()
+    let members = teams::members(state.store(), id).await?;
+    let agents = members
+        .iter()
         .filter(|m| m.role == "agent")
-        .map(|m| m.user)
+        .map(|m| m.user.clone())
         .collect();
-    let entry = TeamEntry { team, agents };
+    let names = members.into_iter().map(|m| (m.user, m.name)).collect();
+    let entry = TeamEntry {
+        team,
+        agents,
+        names,
+    };
     d.teams
         .lock()
         .expect("teams lock")
@@ -312,29 +343,57 @@ pub async fn start(
     {
         let state = state.clone();
         tracker.spawn(async move {
+            // Teams with a held-back update (see `worth_telling`) and when to
+            // look at them again.
+            let mut recheck: HashMap<String, tokio::time::Instant> = HashMap::new();
             loop {
+                let next = recheck.values().min().copied();
                 tokio::select! {
                     _ = cancel.cancelled() => return,
                     _ = state.dispatcher().notify.notified() => {}
+                    _ = tokio::time::sleep_until(next.unwrap_or_else(tokio::time::Instant::now)),
+                        if next.is_some() => {}
                 }
                 tokio::time::sleep(NOTIFY_DELAY).await;
-                let teams: Vec<String> = state
+                let mut teams: HashMap<String, bool> = state
                     .dispatcher()
                     .dirty
                     .lock()
                     .expect("dirty lock")
                     .drain()
                     .collect();
+                let now = tokio::time::Instant::now();
+                recheck.retain(|team, at| {
+                    if *at <= now {
+                        teams.entry(team.clone()).or_insert(false);
+                        false
+                    } else {
+                        true
+                    }
+                });
+                let changed_here: Vec<String> = teams
+                    .iter()
+                    .filter(|(_, here)| **here)
+                    .map(|(team, _)| team.clone())
+                    .collect();
+                if !changed_here.is_empty() {
+                    state.fanout().queue_changed(changed_here);
+                }
                 let mut notified = 0;
-                for team in teams {
+                for team in teams.into_keys() {
                     match announce_queue(&state, &team).await {
-                        Ok(n) => notified += n,
+                        Ok(told) => {
+                            notified += told.sent;
+                            if told.held_back {
+                                recheck.insert(team, now + TELL_AT_MOST_EVERY);
+                            }
+                        }
                         Err(e) => e.log(),
                     }
                 }
-                // Why: every update re-sends each waiting customer's position,
-                // so a long queue is updated less often (20 µs per waiting
-                // customer, at most one more second) to keep the cost bounded.
+                // Why: a long queue sends many updates per round, so it is
+                // updated less often (20 µs per update sent, at most one more
+                // second) to keep the cost bounded.
                 let extra = Duration::from_micros(20 * notified as u64);
                 tokio::time::sleep(extra.min(Duration::from_secs(1))).await;
             }
@@ -494,15 +553,21 @@ async fn user_name(store: &Store, id: &str) -> AppResult<String> {
 /// Sends a conversation's current state to its members and its team's watchers.
 async fn announce(state: &AppState, conv: &str, also: &[&str]) -> AppResult<ConversationInfo> {
     let info = conversations::conversation_info(state.store(), conv).await?;
+    deliver_conversation(state, &info, also);
+    Ok(info)
+}
+
+/// Sends a conversation's state (as just written) to its members, to `also`
+/// and to its team's watchers.
+fn deliver_conversation(state: &AppState, info: &ConversationInfo, also: &[&str]) {
     let frame = ServerFrame::Conversation { conv: info.clone() };
-    state.deliver_frame(Target::Conv(conv.to_string()), Exclude::Nobody, &frame);
+    state.deliver_frame(Target::Conv(info.id.clone()), Exclude::Nobody, &frame);
     for user in also {
         state.deliver_frame(Target::User(user.to_string()), Exclude::Nobody, &frame);
     }
     if let Some(team) = &info.team {
         state.deliver_frame(Target::Watch(team.clone()), Exclude::Nobody, &frame);
     }
-    Ok(info)
 }
 
 fn deliver_message(state: &AppState, msg: &switchboard_protocol::Message) {
@@ -604,6 +669,9 @@ pub async fn consult(
         }
         let info = conversations::conversation_info(store, &id).await?;
         if let Some(team) = &info.team {
+            // A repeated consult (a customer back after a reconnect) is
+            // always told its position again.
+            state.dispatcher().forget_told(team, &id);
             state.dispatcher().touch(team);
         }
         return Ok(info);
@@ -775,13 +843,14 @@ async fn drain_teams_of(state: &AppState, agent: &str) -> AppResult<()> {
 
 /// Writes what the engine decided.
 async fn apply(state: &AppState, assignments: Vec<Assignment>) -> AppResult<()> {
-    for a in assignments {
-        let result = if a.offered {
-            offer(state, &a).await
-        } else {
-            activate(state, &a.conv, &a.agent, How::Routed).await
-        };
-        match result {
+    let (offers, routed): (Vec<Assignment>, Vec<Assignment>) =
+        assignments.into_iter().partition(|a| a.offered);
+    if !routed.is_empty() {
+        activate_routed(state, routed).await?;
+    }
+    let mut offers = offers.into_iter();
+    while let Some(a) = offers.next() {
+        match offer(state, &a).await {
             Ok(true) => {}
             // The conversation moved meanwhile (closed by the customer): undo.
             Ok(false) => {
@@ -792,16 +861,207 @@ async fn apply(state: &AppState, assignments: Vec<Assignment>) -> AppResult<()> 
                     .await?
             }
             Err(e) => {
-                state
-                    .dispatcher()
-                    .engine()
-                    .release(&a.agent, &a.conv)
-                    .await?;
+                // Nothing after the failure was written: undo it all.
+                for a in std::iter::once(a).chain(offers) {
+                    state
+                        .dispatcher()
+                        .engine()
+                        .release(&a.agent, &a.conv)
+                        .await?;
+                }
                 return Err(e);
             }
         }
     }
     Ok(())
+}
+
+/// Attempts at storing a batch of assignments. Why 3: on PostgreSQL a batch
+/// can deadlock with the message committer, which bumps the same
+/// conversations' `last_seq`; the database aborts one side and a retry
+/// goes through.
+const BATCH_ATTEMPTS: u32 = 3;
+
+/// Makes the engine's routed assignments real — in one transaction of four
+/// statements whatever their number, because per assignment the statements
+/// and commits were what limited a draining queue — then tells everyone
+/// concerned. An assignment whose conversation moved meanwhile (the
+/// customer closed it) is undone in the engine.
+async fn activate_routed(state: &AppState, assignments: Vec<Assignment>) -> AppResult<()> {
+    let engine = state.dispatcher().engine();
+    let mut agents: Vec<String> = assignments.iter().map(|a| a.agent.clone()).collect();
+    agents.sort_unstable();
+    agents.dedup();
+    let stored = async {
+        // A drain is one team's: its cached entry has the names.
+        let names = match team_entry(state, &assignments[0].team).await? {
+            Some(e) if agents.iter().all(|a| e.names.contains_key(a)) => e.names,
+            _ => user_names(state.store(), &agents).await?,
+        };
+        let mut attempt = 1;
+        loop {
+            match store_routed(state.store(), &assignments, &names, now_ms()).await {
+                Ok(stored) => return Ok(stored),
+                Err(e) if attempt < BATCH_ATTEMPTS => {
+                    tracing::debug!(error = %e, attempt, "assignment batch failed; retrying");
+                    attempt += 1;
+                }
+                Err(e) => return Err(AppError::from(e)),
+            }
+        }
+    }
+    .await;
+    let stored = match stored {
+        Ok(stored) => stored,
+        Err(e) => {
+            for a in &assignments {
+                engine.release(&a.agent, &a.conv).await?;
+            }
+            return Err(e);
+        }
+    };
+    let done: HashSet<&str> = stored.iter().map(|(info, _)| info.id.as_str()).collect();
+    for a in assignments
+        .iter()
+        .filter(|a| !done.contains(a.conv.as_str()))
+    {
+        engine.release(&a.agent, &a.conv).await?;
+    }
+    for (info, msg) in &stored {
+        if let Some(agent) = &info.agent {
+            state.members_added(&info.id, vec![agent.clone()]);
+        }
+        deliver_message(state, msg);
+        deliver_conversation(state, info, &[]);
+    }
+    presence_changed_many(state, &agents).await
+}
+
+/// The write of [`activate_routed`]: returns each conversation that was
+/// still waiting, as it is now, with its system message.
+async fn store_routed(
+    store: &Store,
+    assignments: &[Assignment],
+    names: &HashMap<String, String>,
+    now: i64,
+) -> Result<Vec<(ConversationInfo, switchboard_protocol::Message)>, sqlx::Error> {
+    use crate::store::Placeholders;
+    let backend = store.backend();
+    let mut tx = store.write().begin().await?;
+    // 1. Every conversation still waiting (and not offered) becomes active
+    // with its agent; its `seq` is bumped for the system message.
+    let mut p = Placeholders::new(backend);
+    let cases: Vec<String> = assignments
+        .iter()
+        .map(|_| format!("WHEN {} THEN {}", p.one(), p.one()))
+        .collect();
+    let (assigned_at, updated_at) = (p.one(), p.one());
+    let ids: Vec<String> = assignments.iter().map(|_| p.one()).collect();
+    // The state test is wrapped in a CASE so that no index can serve it:
+    // the planner would otherwise read every waiting conversation (and the
+    // dead versions of those just assigned) through the state index, where
+    // one primary-key look-up per id is what this needs.
+    let sql = format!(
+        "UPDATE conversations SET state = 'active', agent_id = CASE id {} END, \
+         assigned_at = COALESCE(assigned_at, {assigned_at}), offered_to = NULL, \
+         offer_expires_at = NULL, pending = 0, last_seq = last_seq + 1, updated_at = {updated_at} \
+         WHERE id IN ({}) \
+         AND CASE WHEN state = 'queued' AND offered_to IS NULL THEN 1 ELSE 0 END = 1 \
+         RETURNING {}",
+        cases.join(" "),
+        ids.join(", "),
+        conversations::RETURNING_INFO,
+    );
+    let mut q = sqlx::query(&sql);
+    for a in assignments {
+        q = q.bind(&a.conv).bind(&a.agent);
+    }
+    q = q.bind(now).bind(now);
+    for a in assignments {
+        q = q.bind(&a.conv);
+    }
+    let mut stored = Vec::with_capacity(assignments.len());
+    for row in q.fetch_all(&mut *tx).await? {
+        let info = conversations::info_from_row(&row, 0)
+            .map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
+        let agent = info.agent.clone().unwrap_or_default();
+        let name = names.get(&agent).map_or(agent.as_str(), String::as_str);
+        let body = format!("客服 {name} 为您服务");
+        let msg = messages::system_message(&info.id, info.last_seq, &body, now);
+        stored.push((info, msg));
+    }
+    if stored.is_empty() {
+        return Ok(stored);
+    }
+    // 2. The agents' member rows.
+    let mut p = Placeholders::new(backend);
+    let rows: Vec<String> = stored
+        .iter()
+        .map(|_| format!("({}, {}, 'agent', 0, {})", p.one(), p.one(), p.one()))
+        .collect();
+    let sql = format!(
+        "INSERT INTO conversation_members (conv_id, user_id, role, last_read_seq, joined_at) \
+         VALUES {} ON CONFLICT (conv_id, user_id) DO NOTHING",
+        rows.join(", ")
+    );
+    let mut q = sqlx::query(&sql);
+    for (info, _) in &stored {
+        q = q.bind(&info.id).bind(&info.agent).bind(now);
+    }
+    q.execute(&mut *tx).await?;
+    // 3. The history.
+    let mut p = Placeholders::new(backend);
+    let rows: Vec<String> = stored
+        .iter()
+        .map(|_| {
+            format!(
+                "({}, {}, 'assigned', {}, {}, NULL, NULL, {})",
+                p.one(),
+                p.one(),
+                p.one(),
+                p.one(),
+                p.one()
+            )
+        })
+        .collect();
+    let sql = format!(
+        "INSERT INTO conversation_events (id, conv_id, kind, team_id, agent_id, actor_id, note, at) \
+         VALUES {}",
+        rows.join(", ")
+    );
+    let mut q = sqlx::query(&sql);
+    for (info, _) in &stored {
+        q = q
+            .bind(new_id("ev_"))
+            .bind(&info.id)
+            .bind(&info.team)
+            .bind(&info.agent)
+            .bind(now);
+    }
+    q.execute(&mut *tx).await?;
+    // 4. The system messages.
+    messages::insert_messages(&mut tx, backend, stored.iter().map(|(_, m)| m)).await?;
+    tx.commit().await?;
+    Ok(stored)
+}
+
+/// Display names of users (their id where a user has none).
+async fn user_names(store: &Store, ids: &[String]) -> AppResult<HashMap<String, String>> {
+    let mut names = HashMap::with_capacity(ids.len());
+    if ids.is_empty() {
+        return Ok(names);
+    }
+    let mut p = crate::store::Placeholders::new(store.backend());
+    let ph: Vec<String> = ids.iter().map(|_| p.one()).collect();
+    let sql = format!("SELECT id, name FROM users WHERE id IN ({})", ph.join(", "));
+    let mut q = sqlx::query(&sql);
+    for id in ids {
+        q = q.bind(id);
+    }
+    for r in q.fetch_all(store.read()).await? {
+        names.insert(r.try_get("id")?, r.try_get("name")?);
+    }
+    Ok(names)
 }
 
 async fn offer(state: &AppState, a: &Assignment) -> AppResult<bool> {
@@ -875,8 +1135,6 @@ async fn offer_expired(state: &AppState, a: &Assignment) -> AppResult<()> {
 /// How a conversation came to its agent.
 #[derive(Clone, Copy)]
 enum How<'a> {
-    /// The team's strategy assigned it from the queue.
-    Routed,
     /// The agent accepted an offer.
     Accepted,
     /// A supervisor assigned it, from the queue or from `previous`.
@@ -900,7 +1158,6 @@ async fn activate(state: &AppState, conv: &str, agent: &str, how: How<'_>) -> Ap
     let now = now_ms();
     let name = user_name(store, agent).await?;
     let guard = match how {
-        How::Routed => "state = 'queued' AND offered_to IS NULL",
         How::Accepted => "state = 'queued' AND offered_to = $2",
         How::Manual { .. } => "state <> 'closed'",
         How::Transfer { .. } => "state = 'active' AND agent_id = $4",
@@ -914,7 +1171,9 @@ async fn activate(state: &AppState, conv: &str, agent: &str, how: How<'_>) -> Ap
     let sql = format!(
         "UPDATE conversations SET state = 'active', agent_id = $2, \
          assigned_at = COALESCE(assigned_at, $3), offered_to = NULL, offer_expires_at = NULL, \
-         pending = 0, updated_at = $3 WHERE id = $1 AND {guard} RETURNING team_id"
+         pending = 0, last_seq = last_seq + 1, updated_at = $3 WHERE id = $1 AND {guard} \
+         RETURNING {}",
+        conversations::RETURNING_INFO
     );
     let mut q = sqlx::query(&sql).bind(conv).bind(agent).bind(now);
     if let How::Transfer { previous, .. } = how {
@@ -924,7 +1183,8 @@ async fn activate(state: &AppState, conv: &str, agent: &str, how: How<'_>) -> Ap
     let Some(row) = row else {
         return Ok(false);
     };
-    let team: Option<String> = row.try_get("team_id")?;
+    // The seq bumped above is the system message's.
+    let info = conversations::info_from_row(&row, 0)?;
     if let Some(prev) = previous {
         sqlx::query(
             "DELETE FROM conversation_members WHERE conv_id = $1 AND user_id = $2 AND role = 'agent'",
@@ -944,7 +1204,6 @@ async fn activate(state: &AppState, conv: &str, agent: &str, how: How<'_>) -> Ap
     .execute(&mut *tx)
     .await?;
     let (kind, actor, note, body) = match how {
-        How::Routed => ("assigned", None, None, format!("客服 {name} 为您服务")),
         How::Accepted => (
             "accepted",
             Some(agent),
@@ -972,14 +1231,15 @@ async fn activate(state: &AppState, conv: &str, agent: &str, how: How<'_>) -> Ap
         &mut tx,
         conv,
         kind,
-        team.as_deref(),
+        info.team.as_deref(),
         Some(agent),
         actor,
         note,
         now,
     )
     .await?;
-    let msg = messages::insert_system_message(&mut tx, conv, &body, now).await?;
+    let msg = messages::system_message(conv, info.last_seq, &body, now);
+    messages::insert_messages(&mut tx, store.backend(), std::iter::once(&msg)).await?;
     tx.commit().await?;
     if let Some(prev) = previous {
         state.fanout().members_removed(conv, vec![prev.to_string()]);
@@ -991,11 +1251,10 @@ async fn activate(state: &AppState, conv: &str, agent: &str, how: How<'_>) -> Ap
         // message only. It is kept in the conversation's history too.
         notice(state, agent, conv, NoticeLevel::Info, "transfer_note", n);
     }
-    announce(state, conv, previous.as_slice()).await?;
-    presence_changed(state, agent).await?;
-    if let Some(prev) = previous {
-        presence_changed(state, prev).await?;
-    }
+    deliver_conversation(state, &info, previous.as_slice());
+    let mut agents = vec![agent.to_string()];
+    agents.extend(previous.map(str::to_string));
+    presence_changed_many(state, &agents).await?;
     Ok(true)
 }
 
@@ -1091,22 +1350,25 @@ pub fn staff_disconnected(state: &AppState, user: &str) {
 
 /// Tells the agent's other tabs and its teams' watchers its status and load.
 async fn presence_changed(state: &AppState, agent: &str) -> AppResult<()> {
-    let live = state
-        .dispatcher()
-        .engine()
-        .agents(&[agent.to_string()], now_ms())
-        .await?;
-    let Some(a) = live.first() else {
+    presence_changed_many(state, &[agent.to_string()]).await
+}
+
+/// [`presence_changed`] for several agents, with one engine call.
+async fn presence_changed_many(state: &AppState, agents: &[String]) -> AppResult<()> {
+    if agents.is_empty() {
         return Ok(());
-    };
-    let frame = ServerFrame::Presence {
-        user: a.id.clone(),
-        status: a.status,
-        load: Some(a.load),
-    };
-    state.deliver_frame(Target::User(a.id.clone()), Exclude::Nobody, &frame);
-    for team in teams_of(state, agent).await? {
-        state.deliver_frame(Target::Watch(team), Exclude::Nobody, &frame);
+    }
+    let live = state.dispatcher().engine().agents(agents, now_ms()).await?;
+    for a in live {
+        let frame = ServerFrame::Presence {
+            user: a.id.clone(),
+            status: a.status,
+            load: Some(a.load),
+        };
+        state.deliver_frame(Target::User(a.id.clone()), Exclude::Nobody, &frame);
+        for team in teams_of(state, &a.id).await? {
+            state.deliver_frame(Target::Watch(team), Exclude::Nobody, &frame);
+        }
     }
     Ok(())
 }
@@ -1767,11 +2029,69 @@ async fn team_queue(state: &AppState, team: &str) -> AppResult<TeamQueue> {
     })
 }
 
-/// Sends every waiting customer of a team its position and estimate, and the
-/// team's watchers the queue.
-async fn announce_queue(state: &AppState, team: &str) -> AppResult<usize> {
+/// A queue position a customer was sent.
+#[derive(Clone, Copy)]
+struct Told {
+    position: u32,
+    eta_s: u32,
+    at: Instant,
+}
+
+/// Positions up to this are sent on every change. Why 10: the last few
+/// places before being served are what a customer watches most closely.
+const ALWAYS_TELL_WITHIN: u32 = 10;
+/// Further back, one customer gets at most one update per this. Why 1 s: a
+/// number that changes faster cannot be read, and a long queue draining
+/// fast would otherwise send every waiting customer an update every 50 ms.
+const TELL_AT_MOST_EVERY: Duration = Duration::from_secs(1);
+/// Beyond [`TELL_NEAR`], a change is sent when the position moved by at
+/// least this fraction, or the last update is [`TELL_AT_LEAST_EVERY`] old.
+/// Why 1,000, 1/20 and 5 s: "4,213" after "4,214" tells a customer nothing,
+/// while the customer still sees the number fall every few seconds; the
+/// queues of almost every team stay within the first rule.
+const TELL_NEAR: u32 = 1000;
+const TELL_FRACTION: u32 = 20;
+const TELL_AT_LEAST_EVERY: Duration = Duration::from_secs(5);
+
+/// Whether a waiting customer should be sent its new position.
+fn worth_telling(last: Option<&Told>, position: u32, eta_s: u32) -> bool {
+    let Some(last) = last else {
+        return true;
+    };
+    if last.position == position && last.eta_s == eta_s {
+        return false;
+    }
+    if position <= ALWAYS_TELL_WITHIN {
+        return true;
+    }
+    let age = last.at.elapsed();
+    if age < TELL_AT_MOST_EVERY {
+        return false;
+    }
+    position <= TELL_NEAR
+        || last.position.abs_diff(position) >= position.div_ceil(TELL_FRACTION)
+        || age >= TELL_AT_LEAST_EVERY
+}
+
+/// What one queue announcement did.
+struct Announced {
+    /// Position updates sent.
+    sent: usize,
+    /// Whether a changed position was held back, to be sent later.
+    held_back: bool,
+}
+
+/// Sends every waiting customer of a team connected to this node its
+/// position and estimate, and this node's watchers of the team the queue.
+/// Every node does this for its own connections when a queue changed
+/// anywhere (see [`Dispatcher::queues_changed_elsewhere`]), so positions
+/// never cross the bus one customer at a time.
+async fn announce_queue(state: &AppState, team: &str) -> AppResult<Announced> {
     let Some(entry) = team_entry(state, team).await? else {
-        return Ok(0);
+        return Ok(Announced {
+            sent: 0,
+            held_back: false,
+        });
     };
     let now = now_ms();
     let queue = team_queue(state, team).await?;
@@ -1784,29 +2104,70 @@ async fn announce_queue(state: &AppState, team: &str) -> AppResult<usize> {
         .filter(|a| a.status == PresenceStatus::Online)
         .map(|a| a.capacity)
         .sum();
-    for w in &queue.waiting {
-        let eta_s = state
-            .dispatcher()
-            .eta
-            .eta_s(state.store(), team, w.position as usize, capacity, now)
-            .await?;
-        state.deliver_frame(
-            Target::Conv(w.conv.clone()),
+    let fanout = state.fanout();
+    let d = state.dispatcher();
+    let stats = d.eta.stats(state.store(), team, now).await?;
+    let mut updates = Vec::new();
+    let mut held_back = false;
+    let mut told = HashMap::with_capacity(queue.waiting.len());
+    {
+        let previous = d
+            .told
+            .lock()
+            .expect("told lock")
+            .remove(team)
+            .unwrap_or_default();
+        for w in &queue.waiting {
+            if !fanout.registry().has_conv(&w.conv) {
+                continue;
+            }
+            let eta_s = stats.eta_s(w.position as usize, capacity);
+            let last = previous.get(&w.conv);
+            let now_told = match last {
+                Some(last) if !worth_telling(Some(last), w.position, eta_s) => {
+                    held_back |= last.position != w.position || last.eta_s != eta_s;
+                    *last
+                }
+                _ => {
+                    updates.push((w.conv.clone(), w.position, eta_s));
+                    Told {
+                        position: w.position,
+                        eta_s,
+                        at: Instant::now(),
+                    }
+                }
+            };
+            told.insert(w.conv.clone(), now_told);
+        }
+    }
+    // Only conversations still waiting are remembered.
+    d.told
+        .lock()
+        .expect("told lock")
+        .insert(team.to_string(), told);
+    let notified = updates.len();
+    for (conv, position, eta_s) in updates {
+        fanout.deliver_local_frame(
+            Target::Conv(conv.clone()),
             Exclude::Nobody,
             &ServerFrame::Queue {
-                conv: w.conv.clone(),
-                position: w.position,
+                conv,
+                position,
                 eta_s,
             },
         );
     }
-    let n = queue.waiting.len();
-    state.deliver_frame(
-        Target::Watch(team.to_string()),
-        Exclude::Nobody,
-        &ServerFrame::QueueUpdate { queue },
-    );
-    Ok(n)
+    if fanout.registry().has_watchers(team) {
+        fanout.deliver_local_frame(
+            Target::Watch(team.to_string()),
+            Exclude::Nobody,
+            &ServerFrame::QueueUpdate { queue },
+        );
+    }
+    Ok(Announced {
+        sent: notified,
+        held_back,
+    })
 }
 
 /// The `watch` frame: the snapshot; the connection then receives deltas.
@@ -1916,4 +2277,50 @@ pub async fn agent_changed(state: &AppState, user: &str) -> AppResult<()> {
     agent_changed_quiet(state, user).await?;
     presence_changed(state, user).await?;
     drain_teams_of(state, user).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn told(position: u32, eta_s: u32, ago: Duration) -> Told {
+        Told {
+            position,
+            eta_s,
+            at: Instant::now() - ago,
+        }
+    }
+
+    #[test]
+    fn positions_near_the_front_are_told_every_change() {
+        let fresh = Duration::ZERO;
+        assert!(worth_telling(None, 4_000, 600));
+        assert!(worth_telling(Some(&told(2, 60, fresh)), 1, 30));
+        assert!(worth_telling(Some(&told(11, 60, fresh)), 10, 59));
+        // Only the estimate moved: still news near the front.
+        assert!(worth_telling(Some(&told(7, 60, fresh)), 7, 50));
+        assert!(!worth_telling(Some(&told(7, 60, fresh)), 7, 60));
+    }
+
+    #[test]
+    fn further_back_at_most_one_update_a_second() {
+        let fresh = Duration::ZERO;
+        let second = TELL_AT_MOST_EVERY;
+        assert!(!worth_telling(Some(&told(50, 60, fresh)), 20, 30));
+        assert!(worth_telling(Some(&told(50, 60, second)), 49, 59));
+        assert!(!worth_telling(Some(&told(12, 60, fresh)), 11, 55));
+    }
+
+    #[test]
+    fn far_back_only_noticeable_moves_or_old_news_are_told() {
+        let second = TELL_AT_MOST_EVERY;
+        // 1/20 of 4,000 is 200 places (beyond the first 1,000).
+        assert!(!worth_telling(Some(&told(4_001, 900, second)), 4_000, 899));
+        assert!(!worth_telling(Some(&told(4_199, 900, second)), 4_000, 850));
+        assert!(worth_telling(Some(&told(4_200, 900, second)), 4_000, 850));
+        // Five seconds on, any change is sent.
+        let old = TELL_AT_LEAST_EVERY;
+        assert!(worth_telling(Some(&told(4_001, 900, old)), 4_000, 899));
+        assert!(!worth_telling(Some(&told(4_000, 899, old)), 4_000, 899));
+    }
 }

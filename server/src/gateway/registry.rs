@@ -244,6 +244,20 @@ impl Registry {
     }
 
     /// Queues `frame` on every matching local connection; returns how many.
+    /// Whether any connection on this node is indexed for the conversation.
+    pub fn has_conv(&self, conv: &str) -> bool {
+        let inner = self.inner.read().expect("registry lock poisoned");
+        inner.convs.get(conv).is_some_and(|m| !m.is_empty())
+    }
+
+    /// Whether any connection on this node watches the team (or all teams).
+    pub fn has_watchers(&self, team: &str) -> bool {
+        let inner = self.inner.read().expect("registry lock poisoned");
+        [team, ALL_TEAMS]
+            .iter()
+            .any(|k| inner.watchers.get(*k).is_some_and(|w| !w.is_empty()))
+    }
+
     pub fn deliver(&self, target: &Target, exclude: &Exclude, frame: &Utf8Bytes) -> usize {
         let inner = self.inner.read().expect("registry lock poisoned");
         let excluded = |handle: &ConnHandle| match exclude {
