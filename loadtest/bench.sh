@@ -4,7 +4,11 @@
 # the same invocation as the Switchboard run it is compared with.
 #
 #   loadtest/bench.sh [name ...]     (default: all; names listed below)
+#   BENCH_SERVER=/path/to/switchboard loadtest/bench.sh …   (another server build, e.g. to compare)
+#   BENCH_RUST_LOG=warn,sqlx::query=debug loadtest/bench.sh …   (the servers' log filter; default warn)
 #
+# The servers' logs go to target/bench/server-a.log and server-b.log (the
+# second node), and their /metrics after each run to <name>.metrics-a/-b.
 # Needs release builds (`cargo build --release -p switchboard-server -p
 # switchboard-loadtest`); PostgreSQL and Redis for the *_pg runs (the same
 # ones scripts/test uses). Results go to target/bench/<name>.json and .txt.
@@ -13,6 +17,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$here/.."
 bin="$root/target/release"
 out="$root/target/bench"
+server="${BENCH_SERVER:-$bin/switchboard}"
 mkdir -p "$out"
 port=18190
 admin_pw=admin-password
@@ -47,7 +52,7 @@ start_server() {
     data="$(mktemp -d /tmp/sb-bench.XXXXXX)"
     export SWITCHBOARD_DATA_DIR="$data" SWITCHBOARD_ADDR="127.0.0.1:$port"
     export SWITCHBOARD_RATE_PER_SEC=1000000 SWITCHBOARD_RATE_BURST=1000000
-    export RUST_LOG=warn
+    export RUST_LOG="${BENCH_RUST_LOG:-warn}"
     unset DATABASE_URL REDIS_URL
     if [[ "$1" == pg ]]; then
         local db="sbbench_$$_$RANDOM"
@@ -55,8 +60,8 @@ start_server() {
         export DATABASE_URL="${pg_admin%/*}/$db" REDIS_URL="redis://127.0.0.1:6379"
         export SWITCHBOARD_REDIS_PREFIX="$db"
     fi
-    "$bin/switchboard" user create --username admin --password "$admin_pw" --role admin >/dev/null
-    "$bin/switchboard" &
+    "$server" user create --username admin --password "$admin_pw" --role admin >/dev/null
+    "$server" >>"$out/server-a.log" 2>&1 &
     server_pid=$!
     for _ in $(seq 1 100); do
         curl -fs "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && return 0
@@ -69,7 +74,7 @@ start_server() {
 # start_second : a second node of the running server's cluster (same
 # database and Redis), on the next port.
 start_second() {
-    SWITCHBOARD_ADDR="127.0.0.1:$((port + 1))" "$bin/switchboard" &
+    SWITCHBOARD_ADDR="127.0.0.1:$((port + 1))" "$server" >>"$out/server-b.log" 2>&1 &
     second_pid=$!
     for _ in $(seq 1 100); do
         curl -fs "http://127.0.0.1:$((port + 1))/readyz" >/dev/null 2>&1 && return 0
@@ -86,6 +91,10 @@ lt() {
     LOADTEST_TARGET="http://127.0.0.1:$port" LOADTEST_ADMIN_USER=admin LOADTEST_ADMIN_PASSWORD="$admin_pw" \
         "$bin/switchboard-loadtest" "$@" --server-pid "$server_pid" | tee -a "$out/$name.txt" ||
         echo "=== $name: the run reported a failure (see above)" | tee -a "$out/$name.txt"
+    curl -fs "http://127.0.0.1:$port/metrics" >"$out/$name.metrics-a" 2>/dev/null || true
+    if [[ -n "$second_pid" ]]; then
+        curl -fs "http://127.0.0.1:$((port + 1))/metrics" >"$out/$name.metrics-b" 2>/dev/null || true
+    fi
 }
 
 sources=127.0.0.1,127.0.0.2,127.0.0.3,127.0.0.4,127.0.0.5
@@ -107,9 +116,21 @@ bench_dispatch_pg2() {
     start_second
     lt dispatch_pg2 dispatch --agents 10 --consults 5000 --second-target "http://127.0.0.1:$((port + 1))"
 }
+bench_dispatch_backlog_sqlite() { start_server sqlite; lt dispatch_backlog_sqlite dispatch --backlog --agents 100 --consults 10001; }
+bench_dispatch_backlog_pg2() {
+    start_server pg
+    start_second
+    lt dispatch_backlog_pg2 dispatch --backlog --agents 100 --consults 10001 --second-target "http://127.0.0.1:$((port + 1))"
+}
+# A small backlog drain for looking at what it does (not in docs/performance.md).
+bench_dispatch_backlog_pg2_small() {
+    start_server pg
+    start_second
+    lt dispatch_backlog_pg2_small dispatch --backlog --agents 20 --consults 2001 --second-target "http://127.0.0.1:$((port + 1))"
+}
 bench_storm() { start_server sqlite; lt storm storm --clients 1000 --rounds 3 --hold-ms 0; }
 
-all=(fanout_5000 fanout_1000 fanout_100 paced_1000 idle_1k idle_10k idle_19k chat_sqlite_10k chat_pg_10k chat_sqlite chat_pg storm dispatch_sqlite dispatch_pg2)
+all=(fanout_5000 fanout_1000 fanout_100 paced_1000 idle_1k idle_10k idle_19k chat_sqlite_10k chat_pg_10k chat_sqlite chat_pg storm dispatch_sqlite dispatch_pg2 dispatch_backlog_sqlite dispatch_backlog_pg2)
 for name in "${@:-${all[@]}}"; do
     "bench_$name"
 done

@@ -210,9 +210,14 @@ impl Rest {
             .await
     }
 
-    /// Creates a staff user and logs in as it (one password hash each, so
-    /// only for the few agents of `dispatch`).
-    pub(crate) async fn staff(&self, role: &str, i: usize) -> anyhow::Result<Account> {
+    /// Creates a staff user with the given max concurrency and logs in as it
+    /// (one password hash each, so only for the few agents of `dispatch`).
+    pub(crate) async fn staff(
+        &self,
+        role: &str,
+        i: usize,
+        capacity: u64,
+    ) -> anyhow::Result<Account> {
         let username = format!("lt-{}-{role}-{i}", self.run_id);
         let password = format!("lt-pw-{}-{i}-load", self.run_id);
         let _: Value = self
@@ -220,7 +225,7 @@ impl Rest {
                 "/api/v1/users",
                 Some(&self.admin_token),
                 &json!({"username": username, "password": password, "name": username,
-                        "role": role, "max_concurrency": 100}),
+                        "role": role, "max_concurrency": capacity}),
             )
             .await
             .with_context(|| format!("creating {role} {username}"))?;

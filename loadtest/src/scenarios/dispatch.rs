@@ -4,6 +4,15 @@
 //! conversation is only offered) and close it again to free their capacity.
 //! Measures assignments per second and consult → assignment latency.
 //!
+//! With `--backlog` the queue is built first and then drained: one
+//! gatekeeper agent with room for a single conversation is online (so the
+//! team can serve and consults queue instead of becoming left messages), all
+//! N customers consult and wait, and then the A agents, each with room for
+//! `ceil((N - 1) / A)` conversations, go online at once. What is measured is
+//! the drain alone — from the first `presence` sent to the last assignment —
+//! the assignment rate of a shift starting in front of a full queue; agents
+//! keep what they are given.
+//!
 //! The dispatch frames answer `unavailable` until the dispatch release; the
 //! scenario then stops at the first such answer with a clear message and
 //! the exit status 3, instead of reporting figures it could not measure.
@@ -57,6 +66,10 @@ pub(crate) struct DispatchArgs {
     /// alternate between the two targets, so assignments cross nodes.
     #[arg(long)]
     second_target: Option<String>,
+    /// Build the queue first, then bring the agents online and measure the
+    /// drain alone (see the module documentation).
+    #[arg(long)]
+    backlog: bool,
 }
 
 /// When a conversation's consult was sent and when it was assigned.
@@ -75,6 +88,8 @@ struct Shared {
     errors: AtomicU64,
     first_consult: LatestInstant,
     last_assignment: LatestInstant,
+    /// Backlog mode: when the agents were told to go online.
+    drain_started: std::sync::OnceLock<Instant>,
     first_consult_set: std::sync::Once,
     unavailable: Mutex<Option<String>>,
 }
@@ -144,10 +159,33 @@ async fn measure(ctx: &Ctx, args: &DispatchArgs) -> anyhow::Result<Report> {
             ]
         }
     };
+    if args.backlog && n < 2 {
+        anyhow::bail!("--backlog needs at least 2 consults (one goes to the gatekeeper)");
+    }
+    // Backlog: room for every queued consult among the agents (the server
+    // allows at most 100 per agent).
+    let per_agent = if args.backlog {
+        (n as u64 - 1).div_ceil(a as u64)
+    } else {
+        100
+    };
+    if per_agent > 100 {
+        anyhow::bail!(
+            "--backlog: {} consults need more than 100 conversations per agent; use at least {} agents",
+            n - 1,
+            (n as u64 - 1).div_ceil(100)
+        );
+    }
+    report.param("agent_capacity", per_agent);
     let mut agents = Vec::with_capacity(a);
     for i in 0..a {
-        agents.push(rest.staff("agent", i).await?);
+        agents.push(rest.staff("agent", i, per_agent).await?);
     }
+    let gatekeeper = if args.backlog {
+        Some(rest.staff("agent", a, 1).await?)
+    } else {
+        None
+    };
     let team = match rest
         .try_post(
             "/api/v1/teams",
@@ -157,7 +195,7 @@ async fn measure(ctx: &Ctx, args: &DispatchArgs) -> anyhow::Result<Report> {
     {
         Some(t) => {
             let id = t["id"].as_str().unwrap_or_default().to_string();
-            for agent in &agents {
+            for agent in agents.iter().chain(&gatekeeper) {
                 rest.try_post(
                     &format!("/api/v1/teams/{id}/members"),
                     &json!({"user": agent.id}),
@@ -183,36 +221,46 @@ async fn measure(ctx: &Ctx, args: &DispatchArgs) -> anyhow::Result<Report> {
         errors: AtomicU64::new(0),
         first_consult: LatestInstant::new(Instant::now()),
         last_assignment: LatestInstant::new(Instant::now()),
+        drain_started: std::sync::OnceLock::new(),
         first_consult_set: std::sync::Once::new(),
         unavailable: Mutex::new(None),
     });
     let (stop, stopped) = watch::channel(false);
 
-    // Agents: connect, go online (the first place `unavailable` shows).
-    let mut agent_tasks = Vec::with_capacity(a);
+    // Agents: connect, go online (the first place `unavailable` shows). In
+    // backlog mode only the gatekeeper goes online now; the agents connect
+    // and wait.
+    let mut agent_tasks = Vec::with_capacity(a + 1);
+    let mut agent_outboxes = Vec::with_capacity(a);
+    if let Some(keeper) = &gatekeeper {
+        let (mut ws, _) =
+            client::connect_authed(&connectors[0], &keeper.token, &shared.stats).await?;
+        go_online(&mut ws, &shared.stats).await?;
+        // It keeps its one conversation and is not counted.
+        let keeper_stopped = stopped.clone();
+        agent_tasks.push(tokio::spawn(async move {
+            let mut keeper_stopped = keeper_stopped;
+            client::until_set(&mut keeper_stopped).await;
+            client::close_quietly(ws).await;
+        }));
+    }
     for (i, agent) in agents.iter().enumerate() {
         let connector = &connectors[i % connectors.len()];
         let (mut ws, _) = client::connect_authed(connector, &agent.token, &shared.stats).await?;
-        let presence = ClientFrame::Presence {
-            req: Some(2),
-            status: PresenceStatus::Online,
-        };
-        client::send(&mut ws, &presence).await?;
-        match await_reply(&mut ws, 2, &shared.stats).await? {
-            Ok(_) => {}
-            Err((ErrorCode::Unavailable, message)) => {
-                return Err(unavailable_error(&format!(
-                    "`presence` was answered `unavailable` ({message})"
-                )))
-            }
-            Err((code, message)) => {
-                anyhow::bail!("presence refused: {}: {message}", code.as_str())
-            }
+        if !args.backlog {
+            go_online(&mut ws, &shared.stats).await?;
         }
-        let shared = shared.clone();
-        let me = agent.id.clone();
-        let stopped = stopped.clone();
-        agent_tasks.push(tokio::spawn(agent_loop(ws, me, shared, stopped)));
+        let (tx, rx) = mpsc::channel::<ClientFrame>(AGENT_OUTBOX);
+        let task = agent_loop(
+            ws,
+            agent.id.clone(),
+            shared.clone(),
+            stopped.clone(),
+            (tx.clone(), rx),
+            !args.backlog,
+        );
+        agent_tasks.push(tokio::spawn(task));
+        agent_outboxes.push(tx);
     }
 
     // Customers: connect and consult, bounded.
@@ -269,6 +317,36 @@ async fn measure(ctx: &Ctx, args: &DispatchArgs) -> anyhow::Result<Report> {
         }));
     }
 
+    // Consults that must be assigned for the run to be complete: in backlog
+    // mode the gatekeeper's one is not counted.
+    let expected = if args.backlog { n as u64 - 1 } else { n as u64 };
+    if args.backlog {
+        // The queue is full once every consult is answered; then the shift starts.
+        let all_in = wait_done_or_stalled(
+            || shared.consulted.load(Ordering::Relaxed) >= n as u64,
+            || shared.consulted.load(Ordering::Relaxed),
+            Duration::from_secs_f64(args.drain_timeout_s),
+        )
+        .await;
+        if !all_in {
+            anyhow::bail!(
+                "only {} of {n} consults were answered",
+                shared.consulted.load(Ordering::Relaxed)
+            );
+        }
+        let _ = shared.drain_started.set(Instant::now());
+        for (i, tx) in agent_outboxes.iter().enumerate() {
+            let online = ClientFrame::Presence {
+                req: Some(1_000_000 + i as ReqId),
+                status: PresenceStatus::Online,
+            };
+            tx.send(online)
+                .await
+                .map_err(|_| anyhow::anyhow!("an agent's connection ended before the drain"))?;
+        }
+    }
+    drop(agent_outboxes);
+
     let progress = {
         let shared = shared.clone();
         Progress::start(move || {
@@ -286,7 +364,7 @@ async fn measure(ctx: &Ctx, args: &DispatchArgs) -> anyhow::Result<Report> {
         wait_done_or_stalled(
             || {
                 shared.unavailable.lock().expect("lock").is_some()
-                    || shared.assigned.load(Ordering::Relaxed) >= n as u64
+                    || shared.assigned.load(Ordering::Relaxed) >= expected
             },
             || shared.consulted.load(Ordering::Relaxed) + shared.assigned.load(Ordering::Relaxed),
             Duration::from_secs_f64(args.drain_timeout_s),
@@ -313,17 +391,29 @@ async fn measure(ctx: &Ctx, args: &DispatchArgs) -> anyhow::Result<Report> {
         "",
     );
     report.figure("errors", shared.errors.load(Ordering::Relaxed), "");
+    let from = shared
+        .drain_started
+        .get()
+        .copied()
+        .unwrap_or_else(|| shared.first_consult.get());
     report.rate(
         "assignments_per_s",
         assigned,
-        secs(shared.first_consult.get(), shared.last_assignment.get()),
+        secs(from, shared.last_assignment.get()),
     );
+    if args.backlog {
+        report.figure(
+            "drain_ms",
+            (secs(from, shared.last_assignment.get()) * 1000.0).round() as u64,
+            "ms",
+        );
+    }
     usage.report(&mut report);
     report.counts("close_codes", shared.stats.closes());
     report.counts("error_codes", shared.stats.errors());
     report.histogram("assignment_latency", shared.latency.merged());
-    if !finished || assigned < n as u64 {
-        report.fail(format!("{assigned} of {n} consults were assigned"));
+    if !finished || assigned < expected {
+        report.fail(format!("{assigned} of {expected} consults were assigned"));
     }
     if consulted < n as u64 {
         report.fail(format!("{} consults failed", n as u64 - consulted));
@@ -365,12 +455,40 @@ async fn await_reply(
     .map_err(|_| anyhow::anyhow!("no reply to request {req} within {REPLY_TIMEOUT:?}"))?
 }
 
-/// One agent: takes every conversation the server gives it, then closes it.
-async fn agent_loop(ws: Ws, me: String, shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
+/// Sends `presence online` and waits for its answer.
+async fn go_online(ws: &mut Ws, stats: &Stats) -> anyhow::Result<()> {
+    let presence = ClientFrame::Presence {
+        req: Some(2),
+        status: PresenceStatus::Online,
+    };
+    client::send(ws, &presence).await?;
+    match await_reply(ws, 2, stats).await? {
+        Ok(_) => Ok(()),
+        Err((ErrorCode::Unavailable, message)) => Err(unavailable_error(&format!(
+            "`presence` was answered `unavailable` ({message})"
+        ))),
+        Err((code, message)) => anyhow::bail!("presence refused: {}: {message}", code.as_str()),
+    }
+}
+
+/// The sending end and the queue of an agent's writer.
+type Outbox = (mpsc::Sender<ClientFrame>, mpsc::Receiver<ClientFrame>);
+
+/// One agent: takes every conversation the server gives it, then closes it
+/// when `close` (else keeps it). Frames put into `outbox` by others (the
+/// backlog's `presence`) are sent too.
+async fn agent_loop(
+    ws: Ws,
+    me: String,
+    shared: Arc<Shared>,
+    mut stopped: watch::Receiver<bool>,
+    outbox: Outbox,
+    close: bool,
+) {
     let (sink, mut stream) = ws.split();
     // Writes go through a bounded queue to one writer task so that reading
     // never waits on a write.
-    let (tx, mut rx) = mpsc::channel::<ClientFrame>(AGENT_OUTBOX);
+    let (tx, mut rx) = outbox;
     let writer = tokio::spawn(async move {
         let mut sink = sink;
         while let Some(frame) = rx.recv().await {
@@ -402,6 +520,9 @@ async fn agent_loop(ws: Ws, me: String, shared: Arc<Shared>, mut stopped: watch:
                         shared.assigned.fetch_add(1, Ordering::Relaxed);
                         shared.last_assignment.observe(now);
                         shared.timing(&conv.id, None, Some(now));
+                        if !close {
+                            continue;
+                        }
                         next_req += 1;
                         let close = ClientFrame::Close {
                             req: Some(next_req),
