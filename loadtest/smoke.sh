@@ -74,4 +74,10 @@ if ! timeout "$limit" "$LOADTEST_BIN" dispatch --agents 2 --consults 5 "${pid_ar
     exit 1
 fi
 
+echo "--- smoke: dispatch --backlog"
+if ! timeout "$limit" "$LOADTEST_BIN" dispatch --backlog --agents 2 --consults 7 "${pid_args[@]}"; then
+    echo "smoke: FAILED: dispatch --backlog" >&2
+    exit 1
+fi
+
 echo "smoke: all scenarios passed"
