@@ -83,31 +83,24 @@ pub async fn conversation_info(store: &Store, conv: &str) -> AppResult<Conversat
 /// Every conversation the user is a member of that is not closed: the list the
 /// `auth` reply carries.
 pub async fn open_conversations_of(store: &Store, user: &str) -> AppResult<Vec<ConversationInfo>> {
+    // One statement (every connection's `auth` runs it): the conversations
+    // the user is a member of, then those offered to it (offer mode: not a
+    // member yet, but a reconnecting agent must still see its open offers).
     let rows = sqlx::query(&format!(
-        "SELECT {INFO_COLUMNS}, m.last_read_seq FROM conversation_members m \
-         JOIN conversations c ON c.id = m.conv_id \
-         WHERE m.user_id = $1 AND c.state <> 'closed' ORDER BY c.updated_at DESC"
+        "SELECT {INFO_COLUMNS}, m.last_read_seq, 0 AS part, c.updated_at AS sort_at \
+         FROM conversation_members m JOIN conversations c ON c.id = m.conv_id \
+         WHERE m.user_id = $1 AND c.state <> 'closed' \
+         UNION ALL \
+         SELECT {INFO_COLUMNS}, 0, 1, c.updated_at FROM conversations c \
+         WHERE c.offered_to = $1 AND c.state = 'queued' \
+         ORDER BY part, sort_at DESC"
     ))
     .bind(user)
     .fetch_all(store.read())
     .await?;
-    let mut out = rows
-        .iter()
+    rows.iter()
         .map(|r| info_from_row(r, r.try_get("last_read_seq")?))
-        .collect::<AppResult<Vec<_>>>()?;
-    // Conversations offered to the user (offer mode): not a member yet, but
-    // a reconnecting agent must still see its open offers.
-    let offered = sqlx::query(&format!(
-        "SELECT {INFO_COLUMNS} FROM conversations c \
-         WHERE c.offered_to = $1 AND c.state = 'queued' ORDER BY c.updated_at DESC"
-    ))
-    .bind(user)
-    .fetch_all(store.read())
-    .await?;
-    for r in &offered {
-        out.push(info_from_row(r, 0)?);
-    }
-    Ok(out)
+        .collect()
 }
 
 /// The user's conversations (closed ones too), newest activity first, paged

@@ -9,8 +9,10 @@
 //! Layout:
 //! - this file: [`upgrade`], origin checks, the tungstenite configuration.
 //! - [`session`]: one connection's life: auth, frames, writes, close.
+//! - [`outbox`]: a connection's bounded queue of frames to write.
 //! - [`registry`]: this node's connections and routing indexes.
 
+pub mod outbox;
 pub mod registry;
 pub mod session;
 
@@ -121,20 +123,15 @@ pub async fn upgrade(State(state): State<AppState>, mut req: Request) -> Respons
     };
     let config = ws_config(state.config().limits.max_frame_bytes);
     let session_state = state.clone();
-    state.tracker().spawn(async move {
-        match on_upgrade.await {
-            Ok(upgraded) => {
-                let ws = WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
-                    Role::Server,
-                    Some(config),
-                )
-                .await;
-                session::run(session_state, ws).await;
-            }
-            Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+    // The task lives as long as the connection and holds its future's
+    // largest state all along: the upgrade is boxed, so that state is the
+    // session's (see `session::run`).
+    let fut = async move {
+        if let Some(ws) = Box::pin(finish_upgrade(on_upgrade, config)).await {
+            session::run(session_state, ws).await;
         }
-    });
+    };
+    state.tracker().spawn(fut);
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
         .header(header::CONNECTION, "Upgrade")
@@ -145,6 +142,23 @@ pub async fn upgrade(State(state): State<AppState>, mut req: Request) -> Respons
         )
         .body(Body::empty())
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// The upgraded socket as a WebSocket, once hyper has handed it over.
+async fn finish_upgrade(
+    on_upgrade: hyper::upgrade::OnUpgrade,
+    config: WebSocketConfig,
+) -> Option<session::Ws> {
+    match on_upgrade.await {
+        Ok(upgraded) => Some(
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
+                .await,
+        ),
+        Err(e) => {
+            tracing::debug!(error = %e, "upgrade failed");
+            None
+        }
+    }
 }
 
 #[cfg(test)]

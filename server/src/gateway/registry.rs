@@ -4,26 +4,28 @@
 //!
 //! All methods are synchronous and take one lock for their whole duration, so
 //! the indexes can never be seen half-updated; the lock guard cannot cross an
-//! `.await`. Delivering only `try_send`s an already-serialized frame into each
-//! connection's bounded outbox: a full outbox marks the connection for a 4008
+//! `.await`. Delivering only pushes an already-serialized frame into each
+//! connection's bounded [`Outbox`]: a full outbox marks the connection for a 4008
 //! close instead of waiting or silently dropping.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, RwLock};
 
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
-use tokio_util::sync::CancellationToken;
 
+use super::outbox::{Outbox, Push};
 use crate::bus::{Exclude, Target};
 use crate::metrics::Metrics;
 use switchboard_protocol::close;
 
 /// Tells a connection's task to close with a code, from any thread.
+/// (A `Notify`, not a cancellation token: every connection has one, and a
+/// token allocates its tree node.)
 #[derive(Default)]
 pub struct Kill {
-    token: CancellationToken,
+    notify: Notify,
     code: AtomicU16,
 }
 
@@ -33,15 +35,18 @@ impl Kill {
         let _ = self
             .code
             .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire);
-        self.token.cancel();
+        self.notify.notify_one();
     }
 
     pub fn code(&self) -> u16 {
         self.code.load(Ordering::Acquire)
     }
 
+    /// Completes once a close was requested (for the connection's one task).
     pub async fn requested(&self) {
-        self.token.cancelled().await
+        while self.code() == 0 {
+            self.notify.notified().await;
+        }
     }
 }
 
@@ -50,7 +55,7 @@ impl Kill {
 pub struct ConnHandle {
     pub id: Arc<str>,
     pub user: Arc<str>,
-    pub outbox: mpsc::Sender<Utf8Bytes>,
+    pub outbox: Arc<Outbox>,
     pub kill: Arc<Kill>,
 }
 
@@ -311,9 +316,9 @@ impl Registry {
     /// Queues a frame on one connection: a full queue asks the connection to
     /// close as a slow consumer.
     pub fn push(&self, handle: &ConnHandle, frame: Utf8Bytes) -> bool {
-        match handle.outbox.try_send(frame) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
+        match handle.outbox.push(frame) {
+            Push::Queued => true,
+            Push::Full => {
                 self.metrics.outbound_drops.inc();
                 if handle.kill.code() == 0 {
                     self.metrics.slow_consumer_closes.inc();
@@ -321,8 +326,8 @@ impl Registry {
                 handle.kill.request(close::SLOW_CONSUMER);
                 false
             }
-            // The connection is already gone; its task unregisters it.
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            // The connection is closing; its task unregisters it.
+            Push::Closed => false,
         }
     }
 
@@ -387,16 +392,16 @@ impl Registry {
 mod tests {
     use super::*;
 
-    fn handle(id: &str, user: &str, cap: usize) -> (ConnHandle, mpsc::Receiver<Utf8Bytes>) {
-        let (tx, rx) = mpsc::channel(cap);
+    fn handle(id: &str, user: &str, cap: usize) -> (ConnHandle, Arc<Outbox>) {
+        let outbox = Arc::new(Outbox::new(cap));
         (
             ConnHandle {
                 id: Arc::from(id),
                 user: Arc::from(user),
-                outbox: tx,
+                outbox: outbox.clone(),
                 kill: Arc::new(Kill::default()),
             },
-            rx,
+            outbox,
         )
     }
 
@@ -407,9 +412,9 @@ mod tests {
     #[test]
     fn routes_by_conversation_and_user_with_exclusions() {
         let reg = registry();
-        let (a1, mut ra1) = handle("c1", "alice", 8);
-        let (a2, mut ra2) = handle("c2", "alice", 8);
-        let (b1, mut rb1) = handle("c3", "bob", 8);
+        let (a1, ra1) = handle("c1", "alice", 8);
+        let (a2, ra2) = handle("c2", "alice", 8);
+        let (b1, rb1) = handle("c3", "bob", 8);
         for h in [a1, a2, b1] {
             reg.register(h);
         }
@@ -443,8 +448,8 @@ mod tests {
             reg.deliver(&Target::Conv("none".into()), &Exclude::Nobody, &f),
             0
         );
-        assert_eq!(ra1.try_recv().ok().as_deref(), Some("x"));
-        assert!(ra2.try_recv().is_ok() && rb1.try_recv().is_ok());
+        assert_eq!(ra1.pop().as_deref(), Some("x"));
+        assert!(ra2.pop().is_some() && rb1.pop().is_some());
 
         reg.unregister("c1");
         reg.check_invariants();
@@ -475,7 +480,7 @@ mod tests {
         let (a1, _ra1) = handle("c1", "alice", 8);
         reg.register(a1);
         reg.join("alice", ["cv", "cv2"]);
-        let (a2, mut ra2) = handle("c2", "alice", 8);
+        let (a2, ra2) = handle("c2", "alice", 8);
         reg.register(a2);
         reg.check_invariants();
         let f = Utf8Bytes::from_static("x");
@@ -483,7 +488,7 @@ mod tests {
             reg.deliver(&Target::Conv("cv2".into()), &Exclude::Nobody, &f),
             2
         );
-        assert!(ra2.try_recv().is_ok());
+        assert!(ra2.pop().is_some());
         reg.unregister("c1");
         reg.check_invariants();
         assert_eq!(

@@ -16,7 +16,6 @@ use futures_util::stream::FuturesOrdered;
 use futures_util::{SinkExt, StreamExt};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::error::Error as WsError;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -29,6 +28,7 @@ use switchboard_protocol::{
     close, AuthOk, ClientFrame, ErrorCode, OkBody, ReqId, ReqOnly, ServerFrame, UserRef,
 };
 
+use super::outbox::Outbox;
 use super::registry::{ConnHandle, Kill};
 use crate::auth;
 use crate::conversations::{self, messages};
@@ -37,7 +37,8 @@ use crate::error::{AppError, AppResult};
 use crate::state::AppState;
 use crate::util::{new_id, now_ms};
 
-type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+/// A session's socket.
+pub type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
 /// Frames written per flush at most. Why 512: large enough that a burst goes
 /// out in a handful of writes, small enough that a connection under a flood
@@ -60,29 +61,53 @@ const MAX_SENDS_IN_FLIGHT: usize = 256;
 const TRY_AGAIN_LATER: u16 = 1013;
 
 /// Runs a connection to its end.
-pub async fn run(state: AppState, mut ws: Ws) {
-    // Boxed: an async fn reserves room for its largest await point for its
-    // whole life, so the transient work of authenticating, handling a request
-    // or closing must not be inlined into the long-lived session future.
-    let Some((user, req)) = Box::pin(await_auth(&state, &mut ws)).await else {
+///
+/// The future of this function lives as long as the connection, inside its
+/// task, so its size is memory every idle connection holds: authenticating
+/// and setting up (reads, a reply, a dozen locals) are done in a boxed
+/// future that is freed once the session is ready, and only [`Session::serve`]
+/// is inlined here.
+pub async fn run(state: AppState, ws: Ws) {
+    let Some(Ready {
+        mut session,
+        ws,
+        registered,
+        span,
+    }) = Box::pin(start(state, ws)).await
+    else {
         return;
     };
+    session.serve(ws).instrument(span).await;
+    drop(registered);
+}
+
+/// A connection that authenticated, with what its loop needs.
+struct Ready {
+    session: Session,
+    ws: Ws,
+    /// Unregisters the connection when dropped, after the loop ended.
+    registered: Unregister,
+    span: tracing::Span,
+}
+
+/// Authenticates the connection, registers it and sends the `auth` reply.
+async fn start(state: AppState, mut ws: Ws) -> Option<Ready> {
+    let (user, req) = await_auth(&state, &mut ws).await?;
     let conn_id: Arc<str> = Arc::from(new_id("c_"));
     let span = tracing::info_span!("session", conn = %conn_id, user = %user.id);
-    async move {
+    let setup = async move {
         let limits = &state.config().limits;
-        let (outbox, rx) = mpsc::channel(limits.outbound_queue);
         let handle = ConnHandle {
             id: conn_id.clone(),
             user: Arc::from(user.id.as_str()),
-            outbox,
+            outbox: Arc::new(Outbox::new(limits.outbound_queue)),
             kill: Arc::new(Kill::default()),
         };
         // Register before reading the conversation list: a membership change
         // published meanwhile then reaches this connection's index.
         state.registry().register(handle.clone());
         let staff = user.role.is_staff().then(|| user.id.clone());
-        let _registered = Unregister(state.clone(), conn_id.clone(), staff.clone());
+        let registered = Unregister(state.clone(), conn_id.clone(), staff.clone());
         let conversations =
             match conversations::open_conversations_of(state.store(), &user.id).await {
                 Ok(c) => c,
@@ -92,7 +117,7 @@ pub async fn run(state: AppState, mut ws: Ws) {
                         .send(text(&ServerFrame::error(req, e.code(), e.public_message())))
                         .await;
                     close_gracefully(&mut ws, TRY_AGAIN_LATER, "try again later").await;
-                    return;
+                    return None;
                 }
             };
         state
@@ -109,7 +134,7 @@ pub async fn run(state: AppState, mut ws: Ws) {
                 conversations,
             }),
         };
-        let mut session = Session {
+        let session = Session {
             state: state.clone(),
             user,
             handle,
@@ -120,10 +145,15 @@ pub async fn run(state: AppState, mut ws: Ws) {
         if staff.is_some() {
             dispatch::staff_connected(&state, &session.user);
         }
-        Box::pin(session.serve(ws, rx)).await;
-    }
-    .instrument(span)
-    .await
+        Some((session, ws, registered))
+    };
+    let (session, ws, registered) = setup.instrument(span.clone()).await?;
+    Some(Ready {
+        session,
+        ws,
+        registered,
+        span,
+    })
 }
 
 /// Removes the connection from the registry however the session ends, and
@@ -335,8 +365,9 @@ impl Session {
         ));
     }
 
-    async fn serve(&mut self, mut ws: Ws, mut rx: mpsc::Receiver<Utf8Bytes>) {
+    async fn serve(&mut self, mut ws: Ws) {
         let kill = self.handle.kill.clone();
+        let outbox = self.handle.outbox.clone();
         let shutdown = self.state.shutdown_token().clone();
         let idle_after = Duration::from_secs(self.state.config().limits.heartbeat_s * 3);
         // Made once, not per turn of the loop: a fresh cancellation future
@@ -356,9 +387,11 @@ impl Session {
                 biased;
                 _ = &mut killed => break Stop::Killed,
                 _ = &mut stopping => break Stop::Shutdown,
-                Some(first) = rx.recv() => {
+                first = outbox.next() => {
                     let written = tokio::select! {
-                        r = write_batch(&mut ws, first, &mut rx) => r,
+                        // Boxed for the session future's size (see `run`):
+                        // one allocation per burst written, next to a write.
+                        r = Box::pin(write_batch(&mut ws, first, &outbox)) => r,
                         // A stuck socket must not keep us from closing it.
                         _ = &mut killed => break Stop::Killed,
                         _ = &mut stopping => break Stop::Shutdown,
@@ -407,20 +440,15 @@ impl Session {
             }
         };
         let code = kill.code();
-        Box::pin(self.finish(stop, ws, rx, code)).await;
+        Box::pin(self.finish(stop, ws, &outbox, code)).await;
+        outbox.close();
     }
 
     /// Closes the connection the way `stop` says.
-    async fn finish(
-        &mut self,
-        stop: Stop,
-        mut ws: Ws,
-        mut rx: mpsc::Receiver<Utf8Bytes>,
-        kill_code: u16,
-    ) {
+    async fn finish(&mut self, stop: Stop, mut ws: Ws, outbox: &Outbox, kill_code: u16) {
         match stop {
             Stop::Killed => {
-                rx.close();
+                outbox.close();
                 tracing::info!(code = kill_code, "closing connection");
                 close_gracefully(&mut ws, kill_code, reason_of(kill_code)).await;
             }
@@ -431,13 +459,13 @@ impl Session {
                     while let Some(reply) = self.in_flight.next().await {
                         self.reply(&reply);
                     }
-                    self.drain(&mut ws, &mut rx).await;
+                    self.drain(&mut ws, outbox).await;
                 };
                 let _ = tokio::time::timeout(CLOSE_TIMEOUT, finish).await;
                 close_gracefully(&mut ws, close::RESTARTING, "server restarting").await;
             }
             Stop::Close(code, reason) => {
-                rx.close();
+                outbox.close();
                 close_gracefully(&mut ws, code, reason).await;
             }
             Stop::Gone => {}
@@ -445,9 +473,9 @@ impl Session {
     }
 
     /// Writes everything still queued (used on shutdown).
-    async fn drain(&mut self, ws: &mut Ws, rx: &mut mpsc::Receiver<Utf8Bytes>) {
-        while let Ok(first) = rx.try_recv() {
-            match write_batch(ws, first, rx).await {
+    async fn drain(&mut self, ws: &mut Ws, outbox: &Outbox) {
+        while let Some(first) = outbox.pop() {
+            match write_batch(ws, first, outbox).await {
                 Ok(n) => self.state.metrics().frames_out.inc_by(n as u64),
                 Err(_) => return,
             }
@@ -693,20 +721,16 @@ fn describe_parse_error(e: &serde_json::Error) -> String {
 }
 
 /// Writes `first` and whatever else is queued, then flushes once.
-async fn write_batch(
-    ws: &mut Ws,
-    first: Utf8Bytes,
-    rx: &mut mpsc::Receiver<Utf8Bytes>,
-) -> Result<usize, WsError> {
+async fn write_batch(ws: &mut Ws, first: Utf8Bytes, outbox: &Outbox) -> Result<usize, WsError> {
     ws.feed(WsMessage::Text(first)).await?;
     let mut n = 1;
     while n < MAX_BATCH {
-        match rx.try_recv() {
-            Ok(frame) => {
+        match outbox.pop() {
+            Some(frame) => {
                 ws.feed(WsMessage::Text(frame)).await?;
                 n += 1;
             }
-            Err(_) => break,
+            None => break,
         }
     }
     ws.flush().await?;
