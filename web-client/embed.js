@@ -5,7 +5,8 @@
  *     data-topics="售前,售后" data-lang="zh-CN"
  *     data-identity='{"id":"c42","name":"张三","ts":1795000000000,"sig":"…"}'></script>
  * or set window.SwitchboardConfig = {quick, team, color, position, greeting,
- * topics, lang, server, identity} before it loads. A launcher button opens the
+ * topics, lang, server, identity} before it loads (all optional; with neither
+ * quick nor identity the visitor starts anonymously). A launcher button opens the
  * widget in an iframe; the quick-link token travels in the iframe's URL
  * fragment, which is never sent to any server. `identity` is the site's
  * logged-in customer signed by the site's backend (see the README); it is

@@ -5,11 +5,14 @@
 //! [`ApiJson`] (so malformed bodies get the same `{code, message}` errors as
 //! everything else) and call the domain modules.
 
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use axum::extract::multipart::MultipartRejection;
 use axum::extract::{
-    DefaultBodyLimit, FromRequest, FromRequestParts, Multipart, Path, Query, Request, State,
+    ConnectInfo, DefaultBodyLimit, FromRequest, FromRequestParts, Multipart, Path, Query, Request,
+    State,
 };
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -37,6 +40,7 @@ pub fn router(state: AppState) -> Router {
         .route("/auth/refresh", post(refresh))
         .route("/auth/quick", post(redeem_quick_link))
         .route("/auth/identity", post(identity_sign_in))
+        .route("/auth/anonymous", post(anonymous_sign_up))
         .route("/auth/sms/send", post(sms_unavailable))
         .route("/auth/sms/verify", post(sms_unavailable))
         .route("/me", get(get_me))
@@ -101,6 +105,27 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
             Ok(Query(v)) => Ok(ApiQuery(v)),
             Err(rejection) => Err(AppError::bad_request(rejection.body_text())),
         }
+    }
+}
+
+/// The IP address of the request's TCP peer, when the server is served with
+/// connect info (as [`crate::run`] does); `None` otherwise. Behind a reverse
+/// proxy this is the proxy's address: forwarding headers are not trusted.
+pub struct PeerIp(pub Option<IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for PeerIp {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Infallible> {
+        Ok(PeerIp(
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0.ip()),
+        ))
     }
 }
 
@@ -226,6 +251,25 @@ async fn identity_sign_in(
     ApiJson(body): ApiJson<auth::identity::SignedIdentity>,
 ) -> AppResult<Json<TokenPair>> {
     Ok(Json(auth::identity::sign_in(&state, &body).await?))
+}
+
+#[derive(Deserialize)]
+struct AnonymousBody {
+    name: Option<String>,
+}
+
+async fn anonymous_sign_up(
+    State(state): State<AppState>,
+    PeerIp(peer): PeerIp,
+    body: Result<ApiJson<AnonymousBody>, AppError>,
+) -> Result<Json<TokenPair>, auth::anonymous::Refusal> {
+    // Turned off: 403 whatever the body, so the client learns the reason
+    // that matters rather than a detail of its request.
+    auth::anonymous::ensure_enabled(&state)?;
+    let ApiJson(body) = body?;
+    Ok(Json(
+        auth::anonymous::sign_up(&state, peer, body.name.as_deref()).await?,
+    ))
 }
 
 async fn sms_unavailable() -> AppError {

@@ -120,6 +120,14 @@ pub struct Limits {
     /// Seconds after which a resolved ticket the customer did not reopen is
     /// closed automatically; 0 turns auto-close off.
     pub ticket_auto_close_s: u64,
+    /// Whether a visitor may start as a new temporary customer without a
+    /// quick link or a signed identity (`POST /auth/anonymous`); off answers
+    /// 403 there.
+    pub anonymous_customers: bool,
+    /// New anonymous customers one client IP address (IPv6: one /64) may
+    /// start per minute on one node; beyond it 429. 0 turns the per-IP bound
+    /// off (for example behind a proxy that limits instead).
+    pub anonymous_per_ip_per_min: u32,
 }
 
 impl Default for Limits {
@@ -145,6 +153,11 @@ impl Default for Limits {
             schedule_misfire_s: 3600,
             job_retention_s: 7 * 24 * 3600,
             ticket_auto_close_s: 3 * 24 * 3600,
+            // On, so that the one-command run chats from a plain /widget.
+            anonymous_customers: true,
+            // Why 20: a household or office behind one address starts a few
+            // chats a minute; a script creating customers is held to 20.
+            anonymous_per_ip_per_min: 20,
         }
     }
 }
@@ -262,7 +275,26 @@ schedule_misfire_s = 3600
 job_retention_s = 604800
 # Seconds after which a resolved ticket not reopened closes by itself (0 = never).
 ticket_auto_close_s = 259200
+# Visitors may start as new temporary customers without a quick link or a signed
+# identity (POST /api/v1/auth/anonymous; false = 403 there). Env: true/false, 1/0, on/off, yes/no.
+anonymous_customers = true
+# New anonymous customers per client IP (IPv6: per /64) per minute, counted on each
+# node; 0 = no per-IP bound. Behind a reverse proxy every client has the proxy's IP.
+anonymous_per_ip_per_min = 20
 "#;
+
+/// A switch from the environment: `true`/`false`, `1`/`0`, `on`/`off`, `yes`/`no`
+/// (any case), since operators write all of them.
+fn parse_bool(name: &str, value: &str) -> Result<bool, ConfigError> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "on" | "yes" => Ok(true),
+        "false" | "0" | "off" | "no" => Ok(false),
+        other => Err(ConfigError::Env {
+            name: name.to_string(),
+            message: format!("expected true or false, got {other:?}"),
+        }),
+    }
+}
 
 /// A configuration that cannot be used, with the reason.
 #[derive(Debug, thiserror::Error)]
@@ -355,6 +387,9 @@ impl Config {
         if let Some(v) = non_empty("SWITCHBOARD_NODE_ID") {
             self.node_id = Some(v);
         }
+        if let Some(v) = non_empty("SWITCHBOARD_ANONYMOUS_CUSTOMERS") {
+            self.limits.anonymous_customers = parse_bool("SWITCHBOARD_ANONYMOUS_CUSTOMERS", &v)?;
+        }
         if let Some(v) = non_empty("SWITCHBOARD_LOG_FORMAT") {
             self.log_format = match v.as_str() {
                 "text" => LogFormat::Text,
@@ -396,6 +431,7 @@ impl Config {
             schedule_misfire_s,
             job_retention_s,
             ticket_auto_close_s,
+            anonymous_per_ip_per_min,
         );
         Ok(())
     }
@@ -463,6 +499,13 @@ impl Config {
         }
         if l.ticket_auto_close_s > 10 * 366 * 24 * 3600 {
             return bad("limits.ticket_auto_close_s must be at most ten years".into());
+        }
+        // Why at most 10,000: far above any real visitor's need, and a typo
+        // like 2000000 should not silently remove the bound (0 does that, on purpose).
+        if l.anonymous_per_ip_per_min > 10_000 {
+            return bad(
+                "limits.anonymous_per_ip_per_min must be at most 10000 (0 = no bound)".into(),
+            );
         }
         if l.job_lease_s < 2 {
             return bad("limits.job_lease_s must be at least 2".into());
@@ -537,6 +580,57 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("ticket_auto_close_s"), "{e}");
+    }
+
+    #[test]
+    fn anonymous_customers_from_the_environment() {
+        let d = Config::default().limits;
+        assert!(d.anonymous_customers);
+        assert_eq!(d.anonymous_per_ip_per_min, 20);
+        for (value, want) in [
+            ("false", false),
+            ("0", false),
+            ("OFF", false),
+            ("no", false),
+        ]
+        .into_iter()
+        .chain([("true", true), ("1", true), ("on", true), ("Yes", true)])
+        {
+            let c = Config::load_with(None, env_of(&[("SWITCHBOARD_ANONYMOUS_CUSTOMERS", value)]))
+                .unwrap();
+            assert_eq!(c.limits.anonymous_customers, want, "{value}");
+        }
+        let e = Config::load_with(
+            None,
+            env_of(&[("SWITCHBOARD_ANONYMOUS_CUSTOMERS", "maybe")]),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("SWITCHBOARD_ANONYMOUS_CUSTOMERS"),
+            "{e}"
+        );
+        let c = Config::load_with(
+            None,
+            env_of(&[("SWITCHBOARD_ANONYMOUS_PER_IP_PER_MIN", "3")]),
+        )
+        .unwrap();
+        assert_eq!(c.limits.anonymous_per_ip_per_min, 3);
+        let e = Config::load_with(
+            None,
+            env_of(&[("SWITCHBOARD_ANONYMOUS_PER_IP_PER_MIN", "2000000")]),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("anonymous_per_ip_per_min"), "{e}");
+        let e = Config::load_with(
+            None,
+            env_of(&[("SWITCHBOARD_ANONYMOUS_PER_IP_PER_MIN", "-1")]),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("SWITCHBOARD_ANONYMOUS_PER_IP_PER_MIN"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -48,6 +48,9 @@ impl AppError {
     pub fn too_large(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::TooLarge, message)
     }
+    pub fn rate_limited(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::RateLimited, message)
+    }
     pub fn internal(detail: impl Into<String>) -> Self {
         AppError::Internal(detail.into())
     }

@@ -9,7 +9,7 @@
 //! - [`config`]: typed configuration from TOML and the environment.
 //! - [`store`]: the database seam (SQLite or PostgreSQL through sqlx).
 //! - [`bus`]: the cross-node seam (in-process or Redis pub/sub).
-//! - [`auth`]: users, password hashes, tokens, quick links.
+//! - [`auth`]: users, password hashes, tokens, quick links, anonymous customers.
 //! - [`conversations`]: conversations, members, messages.
 //! - [`customers`]: a customer's profile and past conversations as staff see them.
 //! - [`dispatch`]: teams, queues, strategies, presence, assignment.
@@ -43,6 +43,7 @@ pub mod util;
 pub mod web;
 
 use std::future::IntoFuture;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -164,10 +165,14 @@ pub async fn run_on(
             state.stop_accepting();
         }
     };
+    // With connect info: the anonymous start counts per client address.
     let mut http = tokio::spawn(
-        axum::serve(listener, app)
-            .with_graceful_shutdown(stop_http)
-            .into_future(),
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(stop_http)
+        .into_future(),
     );
     let early = tokio::select! {
         _ = shutdown.cancelled() => None,

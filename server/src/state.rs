@@ -9,6 +9,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::anonymous::AnonymousLimiter;
 use crate::auth::TokenKeys;
 use crate::bus::{Bus, BusMessage, Exclude, Target};
 use crate::config::Config;
@@ -36,6 +37,8 @@ struct Inner {
     metrics: Arc<Metrics>,
     files: FileStore,
     dispatch: Dispatcher,
+    /// This node's count of new anonymous customers per client address.
+    anonymous: AnonymousLimiter,
     /// Fired when the server shuts down: sessions close with 1012.
     shutdown: CancellationToken,
     /// Every session and background task, so shutdown can wait for them.
@@ -64,8 +67,13 @@ impl AppState {
             Registry::new(p.metrics.clone()),
             p.bus,
         ));
+        let anonymous = AnonymousLimiter::new(
+            p.config.limits.anonymous_per_ip_per_min,
+            p.metrics.registry(),
+        );
         AppState {
             inner: Arc::new(Inner {
+                anonymous,
                 committer: Committer::start(p.store.clone(), fanout.clone(), p.metrics.clone()),
                 fanout,
                 config: p.config,
@@ -113,6 +121,10 @@ impl AppState {
     /// Queues, presence and assignment.
     pub fn dispatcher(&self) -> &Dispatcher {
         &self.inner.dispatch
+    }
+    /// The per-address bound of anonymous starts (`POST /auth/anonymous`).
+    pub fn anonymous_limiter(&self) -> &AnonymousLimiter {
+        &self.inner.anonymous
     }
     pub fn shutdown_token(&self) -> &CancellationToken {
         &self.inner.shutdown

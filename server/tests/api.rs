@@ -1106,6 +1106,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/v1/auth/refresh"),
     ("post", "/api/v1/auth/quick"),
     ("post", "/api/v1/auth/identity"),
+    ("post", "/api/v1/auth/anonymous"),
     ("post", "/api/v1/auth/sms/send"),
     ("post", "/api/v1/auth/sms/verify"),
     ("get", "/api/v1/me"),

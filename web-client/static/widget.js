@@ -18,6 +18,7 @@ add({
   'w.start': ['开始咨询', 'Start chat'],
   'w.noid': ['无法确认您的身份，请刷新网页后重试。', 'We could not confirm who you are; reload the page and try again.'],
   'w.nolink': ['此链接无效或已过期，请从网站重新打开客服窗口。', 'This link is invalid or expired; open the chat again from the website.'],
+  'w.busy': ['此网络发起的新咨询过多，请一分钟后再试。', 'Too many new chats from this network; try again in a minute.'],
   'w.placeholder': ['输入消息，回车发送', 'Type a message, Enter to send'],
   'w.rate.title': ['请为本次服务评分', 'Please rate this conversation'],
   'w.rate.comment': ['其他意见（选填）', 'Comments (optional)'],
@@ -35,6 +36,7 @@ add({
 // removed from the address bar. `?identity=1` says the embedding page has a
 // signed customer identity: it arrives by postMessage (never in a URL) and is
 // exchanged for a session instead of a quick link; the name comes with it.
+// With neither, the visitor starts anonymously (POST /auth/anonymous).
 const qs = new URLSearchParams(location.search);
 const frag = new URLSearchParams(location.hash.slice(1));
 const cfg = {
@@ -71,11 +73,14 @@ const conn = new Conn(session, {
 function me() { return session.user?.id; }
 
 // ---------------------------------------------------------------- start
+let anonOff = false; // the server answered 403: anonymous starts are off, a link is needed
+
 function renderStart(error) {
   ui = null;
   $('#end').hidden = true;
-  const token = cfg.identity ? session.token : quickToken();
-  const err = h('div', { class: 'err' }, error || (token ? '' : t(cfg.identity ? 'w.noid' : 'w.nolink')));
+  // Without a quick link the visitor starts anonymously (unless the server said no).
+  const blocked = cfg.identity ? !session.token : anonOff && !quickToken();
+  const err = h('div', { class: 'err' }, error || (blocked ? t(cfg.identity ? 'w.noid' : 'w.nolink') : ''));
   const form = h('form', { class: 'start' },
     h('p', {}, cfg.greeting || t('w.hello')),
     cfg.identity ? null : h('label', {}, t('w.name'), h('input', { name: 'name', maxlength: 64, autocomplete: 'name', required: true })),
@@ -84,16 +89,20 @@ function renderStart(error) {
       h('option', { value: '' }, t('w.topic.any')), cfg.topics.map((x) => h('option', { value: x }, x)))) : null,
     h('label', {}, t('w.question'), h('textarea', { name: 'question', rows: 3, maxlength: 2000 })),
     err,
-    h('button', { class: 'primary', type: 'submit', disabled: !token }, t('w.start')));
+    h('button', { class: 'primary', type: 'submit', disabled: blocked }, t('w.start')));
   form.addEventListener('submit', async (e) => {
     e.preventDefault();
     const f = new FormData(form);
     form.querySelector('button').disabled = true;
+    let anon = false;
     try {
-      if (!cfg.identity) {
+      if (!cfg.identity && quickToken()) {
         const pair = await api(null, 'POST', '/auth/quick', { token: quickToken(), name: f.get('name').trim() || undefined });
         session.set(pair);
         sessionStorage.removeItem('sb.widget.quick');
+      } else if (!cfg.identity) {
+        anon = true;
+        session.set(await api(null, 'POST', '/auth/anonymous', { name: f.get('name').trim() || undefined }));
       }
       let text = (f.get('question') || '').trim();
       const phone = (f.get('phone') || '').trim();
@@ -102,8 +111,10 @@ function renderStart(error) {
       renderChat();
       conn.start();
     } catch (ex) {
-      err.textContent = ex.status === 401 ? t(cfg.identity ? 'w.noid' : 'w.nolink') : t('err', { m: ex.message });
-      form.querySelector('button').disabled = false;
+      anonOff = anon && ex.status === 403;
+      err.textContent = ex.status === 401 || anonOff ? t(cfg.identity ? 'w.noid' : 'w.nolink')
+        : anon && ex.status === 429 ? t('w.busy') : t('err', { m: ex.message });
+      form.querySelector('button').disabled = anonOff;
     }
   });
   view.replaceChildren(form);

@@ -1,6 +1,6 @@
 //! Identity: password hashes, access tokens, rotating refresh tokens, quick
-//! links for temporary customers, and the REST extractor that authenticates a
-//! request.
+//! links and anonymous starts for temporary customers, and the REST extractor
+//! that authenticates a request.
 //!
 //! Access tokens are JWTs signed with HS256 (the algorithm is pinned; `iss`,
 //! `aud`, `exp` and the token type are checked) and live 15 minutes by default.
@@ -13,8 +13,10 @@
 //! - [`users`]: the `users` table.
 //! - [`passwords`]: argon2id hashing off the async runtime.
 //! - [`identity`]: customers signed in by an embedding website (HMAC-signed identity).
+//! - [`anonymous`]: visitors starting without a link, and their per-address bound.
 //! - this file: [`TokenKeys`], sessions (login, refresh), quick links, [`AuthUser`].
 
+pub mod anonymous;
 pub mod identity;
 pub mod passwords;
 pub mod users;
@@ -133,7 +135,8 @@ pub async fn load_jwt_secret(store: &Store, configured: Option<&str>) -> AppResu
     Ok(value.into_bytes())
 }
 
-/// What login, refresh and quick registration return.
+/// What login, refresh, quick registration, anonymous starts and signed
+/// identities return.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct TokenPair {
     pub access_token: String,
@@ -398,16 +401,23 @@ pub async fn create_quick_link(
     })
 }
 
+/// The display name of a new temporary customer (quick link or anonymous):
+/// the given one trimmed, 1 to 64 characters (400 beyond); absent or blank,
+/// "访客" (visitor) and four random digits.
+pub fn visitor_name(name: Option<&str>) -> AppResult<String> {
+    match name.map(str::trim).filter(|n| !n.is_empty()) {
+        Some(n) => users::validate_name(n),
+        None => Ok(format!("访客{:04}", rand::random::<u16>() % 10000)),
+    }
+}
+
 /// Redeems a quick link: a new temporary customer and its tokens.
 pub async fn redeem_quick_link(
     state: &AppState,
     token: &str,
     name: Option<&str>,
 ) -> AppResult<TokenPair> {
-    let name = match name.map(str::trim).filter(|n| !n.is_empty()) {
-        Some(n) => users::validate_name(n)?,
-        None => format!("访客{:04}", rand::random::<u16>() % 10000),
-    };
+    let name = visitor_name(name)?;
     let used = sqlx::query(
         "UPDATE quick_links SET uses = uses + 1 WHERE token_hash = $1 AND expires_at > $2 \
          AND (max_uses IS NULL OR uses < max_uses) RETURNING id",
