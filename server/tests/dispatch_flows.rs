@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use chrono::{Datelike, Utc};
 use common::dispatch::*;
 use common::{
-    error_code, Backend, Client, Cluster, Role, Setup, TestServer, ADMIN, ADMIN_PASSWORD,
+    error_code, Backend, Client, Cluster, Role, Setup, TestServer, ADMIN, ADMIN_PASSWORD, WAIT,
 };
 use futures_util::future::join_all;
 use serde_json::{json, Value};
@@ -194,7 +194,7 @@ async fn two_nodes_200_customers(backend: Backend) {
         .collect();
 
     // Settled: the REST queue holds 170.
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + WAIT;
     let queue = loop {
         let q = rest_queue(&node_a, &sup_token, &team).await;
         if q["waiting"].as_array().unwrap().len() == WAITING {

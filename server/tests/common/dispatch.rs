@@ -9,7 +9,7 @@ use switchboard_protocol::{
     ClientFrame, ConversationInfo, ConversationState, OkBody, PresenceStatus, ServerFrame,
 };
 
-use super::{Client, Setup, TestServer};
+use super::{Client, Setup, TestServer, WAIT};
 
 /// Waits for a frame, with a deadline that names what was awaited.
 pub async fn expect(
@@ -17,7 +17,7 @@ pub async fn expect(
     what: &str,
     pred: impl FnMut(&ServerFrame) -> bool,
 ) -> ServerFrame {
-    expect_within(c, Duration::from_secs(10), what, pred).await
+    expect_within(c, WAIT, what, pred).await
 }
 
 pub async fn expect_within(
@@ -98,7 +98,7 @@ pub async fn conversation_where(
     what: &str,
     pred: impl FnMut(&ConversationInfo) -> bool,
 ) -> ConversationInfo {
-    conversation_within(c, Duration::from_secs(10), conv, what, pred).await
+    conversation_within(c, WAIT, conv, what, pred).await
 }
 
 /// The agent a conversation is active with, once the event arrives.
