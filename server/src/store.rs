@@ -86,6 +86,28 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 /// database turns into an error a client sees instead of a hang.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// A pooled PostgreSQL connection idle for longer than this is pinged before
+/// it is handed out. Why not every time (sqlx's default): the ping is a full
+/// round trip, which doubled the round trips of every short statement; a
+/// connection in steady use is known to be alive, and one idle for this long
+/// is the one a server restart or a dropped link would have broken.
+const PING_IF_IDLE_FOR: Duration = Duration::from_secs(10);
+
+/// Hands out a PostgreSQL connection, pinging it first only when it has been
+/// idle for [`PING_IF_IDLE_FOR`] (a failed ping discards it and the pool
+/// opens another).
+fn ping_if_idle(
+    conn: &mut sqlx::AnyConnection,
+    meta: sqlx::pool::PoolConnectionMetadata,
+) -> futures_util::future::BoxFuture<'_, Result<bool, sqlx::Error>> {
+    Box::pin(async move {
+        if meta.idle_for >= PING_IF_IDLE_FOR {
+            sqlx::Connection::ping(conn).await?;
+        }
+        Ok(true)
+    })
+}
+
 /// SQLite waits this long for a lock held by another process (the CLI, a
 /// second server on the same file) before answering `SQLITE_BUSY`.
 const SQLITE_BUSY_TIMEOUT_MS: u64 = 5000;
@@ -112,8 +134,12 @@ impl Store {
     pub async fn connect(url: &str) -> Result<Store, sqlx::Error> {
         sqlx::any::install_default_drivers();
         if url.starts_with("sqlite:") {
+            // No test before acquire: a SQLite connection is a file handle in
+            // this process and cannot go stale, and sqlx's default ping is a
+            // round trip through the connection's worker thread per statement.
             let write = AnyPoolOptions::new()
                 .max_connections(1)
+                .test_before_acquire(false)
                 .acquire_timeout(ACQUIRE_TIMEOUT)
                 .after_connect(|conn, _| sqlite_pragmas(conn))
                 .connect(url)
@@ -121,6 +147,7 @@ impl Store {
             let read = AnyPoolOptions::new()
                 // Why 4: two cores; more readers only queue on the CPU.
                 .max_connections(4)
+                .test_before_acquire(false)
                 .acquire_timeout(ACQUIRE_TIMEOUT)
                 .after_connect(|conn, _| sqlite_pragmas(conn))
                 .connect(url)
@@ -137,6 +164,8 @@ impl Store {
                 // Why 16: enough for concurrent transactions from one node without
                 // exhausting PostgreSQL's default 100 connections across a few nodes.
                 .max_connections(16)
+                .test_before_acquire(false)
+                .before_acquire(ping_if_idle)
                 .acquire_timeout(ACQUIRE_TIMEOUT)
                 .connect(url)
                 .await?;
