@@ -785,7 +785,7 @@ pub async fn consult(
         .engine()
         .drain(&team.plan(now), Some(&ticket), now, DRAIN_MAX)
         .await?;
-    apply(state, assignments).await?;
+    apply(state, assignments, now).await?;
     state.dispatcher().touch(&team.id);
     Ok(info)
 }
@@ -810,7 +810,7 @@ pub async fn drain(state: &AppState, team: &str) -> AppResult<()> {
         if n > 0 {
             state.dispatcher().touch(team);
         }
-        apply(state, assignments).await?;
+        apply(state, assignments, now).await?;
         if n < DRAIN_MAX {
             return Ok(());
         }
@@ -841,8 +841,10 @@ async fn drain_teams_of(state: &AppState, agent: &str) -> AppResult<()> {
     Ok(())
 }
 
-/// Writes what the engine decided.
-async fn apply(state: &AppState, assignments: Vec<Assignment>) -> AppResult<()> {
+/// Writes what the engine decided in a drain at `drained_at` (the `now` the
+/// engine was given: an offer's deadline is counted from it, as the engine
+/// counts it).
+async fn apply(state: &AppState, assignments: Vec<Assignment>, drained_at: i64) -> AppResult<()> {
     let (offers, routed): (Vec<Assignment>, Vec<Assignment>) =
         assignments.into_iter().partition(|a| a.offered);
     if !routed.is_empty() {
@@ -850,7 +852,7 @@ async fn apply(state: &AppState, assignments: Vec<Assignment>) -> AppResult<()> 
     }
     let mut offers = offers.into_iter();
     while let Some(a) = offers.next() {
-        match offer(state, &a).await {
+        match offer(state, &a, drained_at).await {
             Ok(true) => {}
             // The conversation moved meanwhile (closed by the customer): undo.
             Ok(false) => {
@@ -874,6 +876,40 @@ async fn apply(state: &AppState, assignments: Vec<Assignment>) -> AppResult<()> 
         }
     }
     Ok(())
+}
+
+/// Puts conversations whose assignment could not be stored back into the
+/// engine's queue, from what the database says of them (still `queued`
+/// there). Without this they left the engine's queue and never reached an
+/// agent: waiting for ever, in no queue. A drain of at most 0 only enqueues;
+/// a later drain assigns them. One that cannot be read now is left for the
+/// next rebuild of the engine from the database.
+async fn requeue_unstored(state: &AppState, assignments: &[Assignment]) {
+    for a in assignments {
+        let service = match load_service(state.store(), &a.conv).await {
+            Ok(s) => s,
+            Err(e) => {
+                e.log();
+                continue;
+            }
+        };
+        if service.state != ConversationState::Queued {
+            continue;
+        }
+        let (Some(ticket), Ok(Some(entry))) = (service.ticket(), team_entry(state, &a.team).await)
+        else {
+            continue;
+        };
+        let now = now_ms();
+        if let Err(e) = state
+            .dispatcher()
+            .engine()
+            .drain(&entry.team.plan(now), Some(&ticket), now, 0)
+            .await
+        {
+            e.log();
+        }
+    }
 }
 
 /// Attempts at storing a batch of assignments. Why 3: on PostgreSQL a batch
@@ -917,6 +953,7 @@ async fn activate_routed(state: &AppState, assignments: Vec<Assignment>) -> AppR
             for a in &assignments {
                 engine.release(&a.agent, &a.conv).await?;
             }
+            requeue_unstored(state, &assignments).await;
             return Err(e);
         }
     };
@@ -1064,12 +1101,17 @@ async fn user_names(store: &Store, ids: &[String]) -> AppResult<HashMap<String, 
     Ok(names)
 }
 
-async fn offer(state: &AppState, a: &Assignment) -> AppResult<bool> {
+/// Stores an offer the engine made at `drained_at`. Its deadline is the
+/// engine's own (`drained_at` + the offer timeout), not counted from now:
+/// counted from now it would lie a few milliseconds after the moment the
+/// engine withdraws the offer, and the agent would be shown a deadline later
+/// than the real one.
+async fn offer(state: &AppState, a: &Assignment, drained_at: i64) -> AppResult<bool> {
     let Some(entry) = team_entry(state, &a.team).await? else {
         return Ok(false);
     };
     let now = now_ms();
-    let timeout = entry.team.plan(now).offer_ms.unwrap_or(30_000);
+    let timeout = entry.team.plan(drained_at).offer_ms.unwrap_or(30_000);
     let mut tx = state.store().write().begin().await?;
     let done = sqlx::query(
         "UPDATE conversations SET offered_to = $2, offer_expires_at = $3, updated_at = $4 \
@@ -1077,7 +1119,7 @@ async fn offer(state: &AppState, a: &Assignment) -> AppResult<bool> {
     )
     .bind(&a.conv)
     .bind(&a.agent)
-    .bind(now + timeout)
+    .bind(drained_at + timeout)
     .bind(now)
     .execute(&mut *tx)
     .await?;
@@ -1560,7 +1602,7 @@ pub async fn transfer(
                 .engine()
                 .drain(&team.plan(now), Some(&ticket), now, DRAIN_MAX)
                 .await?;
-            apply(state, assignments).await?;
+            apply(state, assignments, now).await?;
             d.touch(&team.id);
             drain_teams_of(state, &previous).await?;
             Ok(())
@@ -1884,7 +1926,7 @@ async fn overflow(state: &AppState, team: &Team, conv: &str, why: &str) -> AppRe
             .engine()
             .drain(&f.team.plan(now), Some(&ticket), now, DRAIN_MAX)
             .await?;
-        apply(state, assignments).await?;
+        apply(state, assignments, now).await?;
         state.dispatcher().touch(&f.team.id);
     }
     Ok(())
@@ -1947,7 +1989,7 @@ async fn pick_up_left_messages(state: &AppState, now: i64) -> AppResult<()> {
                     .engine()
                     .drain(&entry.team.plan(now), Some(&ticket), now, DRAIN_MAX)
                     .await?;
-                apply(state, a).await?;
+                apply(state, a, now).await?;
             }
             announce(state, &id, &[]).await?;
         }
