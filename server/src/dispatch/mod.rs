@@ -864,13 +864,8 @@ async fn apply(state: &AppState, assignments: Vec<Assignment>, drained_at: i64) 
             }
             Err(e) => {
                 // Nothing after the failure was written: undo it all.
-                for a in std::iter::once(a).chain(offers) {
-                    state
-                        .dispatcher()
-                        .engine()
-                        .release(&a.agent, &a.conv)
-                        .await?;
-                }
+                let unstored: Vec<Assignment> = std::iter::once(a).chain(offers).collect();
+                undo_unstored(state, &unstored).await?;
                 return Err(e);
             }
         }
@@ -878,13 +873,18 @@ async fn apply(state: &AppState, assignments: Vec<Assignment>, drained_at: i64) 
     Ok(())
 }
 
-/// Puts conversations whose assignment could not be stored back into the
-/// engine's queue, from what the database says of them (still `queued`
-/// there). Without this they left the engine's queue and never reached an
-/// agent: waiting for ever, in no queue. A drain of at most 0 only enqueues;
-/// a later drain assigns them. One that cannot be read now is left for the
-/// next rebuild of the engine from the database.
-async fn requeue_unstored(state: &AppState, assignments: &[Assignment]) {
+/// Undoes assignments the engine made but the database did not take: the
+/// agents' loads drop, and each conversation the database still has
+/// `queued` goes back into the engine's queue. Without the second step they
+/// left the engine's queue and never reached an agent: waiting for ever, in
+/// no queue. A drain of at most 0 only enqueues; a later drain assigns them.
+/// One that cannot be read now is left for the next rebuild of the engine
+/// from the database.
+async fn undo_unstored(state: &AppState, assignments: &[Assignment]) -> AppResult<()> {
+    let engine = state.dispatcher().engine();
+    for a in assignments {
+        engine.release(&a.agent, &a.conv).await?;
+    }
     for a in assignments {
         let service = match load_service(state.store(), &a.conv).await {
             Ok(s) => s,
@@ -896,20 +896,21 @@ async fn requeue_unstored(state: &AppState, assignments: &[Assignment]) {
         if service.state != ConversationState::Queued {
             continue;
         }
-        let (Some(ticket), Ok(Some(entry))) = (service.ticket(), team_entry(state, &a.team).await)
-        else {
+        let Some(ticket) = service.ticket() else {
+            continue;
+        };
+        let Ok(Some(entry)) = team_entry(state, &ticket.team).await else {
             continue;
         };
         let now = now_ms();
-        if let Err(e) = state
-            .dispatcher()
-            .engine()
+        if let Err(e) = engine
             .drain(&entry.team.plan(now), Some(&ticket), now, 0)
             .await
         {
             e.log();
         }
     }
+    Ok(())
 }
 
 /// Attempts at storing a batch of assignments. Why 3: on PostgreSQL a batch
@@ -950,10 +951,7 @@ async fn activate_routed(state: &AppState, assignments: Vec<Assignment>) -> AppR
     let stored = match stored {
         Ok(stored) => stored,
         Err(e) => {
-            for a in &assignments {
-                engine.release(&a.agent, &a.conv).await?;
-            }
-            requeue_unstored(state, &assignments).await;
+            undo_unstored(state, &assignments).await?;
             return Err(e);
         }
     };
