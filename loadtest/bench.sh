@@ -105,6 +105,7 @@ bench_fanout_100() { start_server sqlite; lt fanout_100 group --members 100 --me
 bench_paced_1000() { start_server sqlite; lt paced_1000 group --members 1000 --messages 400 --rate 20; }
 bench_idle_1k() { start_server sqlite; lt idle_1k connections --count 1000 --baseline --compare; }
 bench_idle_10k() { start_server sqlite; lt idle_10k connections --count 10000 --source-ips "$sources" --baseline --compare; }
+bench_idle_10k_pg() { start_server pg; lt idle_10k_pg connections --count 10000 --source-ips "$sources"; }
 bench_idle_19k() { start_server sqlite; lt idle_19k connections --count 19000 --source-ips "$sources" --hold-s 5; }
 bench_chat_sqlite_10k() { start_server sqlite; lt chat_sqlite_10k chat --pairs 100 --rate 50 --duration-s 10; }
 bench_chat_pg_10k() { start_server pg; lt chat_pg_10k chat --pairs 100 --rate 50 --duration-s 10; }
@@ -130,7 +131,7 @@ bench_dispatch_backlog_pg2_small() {
 }
 bench_storm() { start_server sqlite; lt storm storm --clients 1000 --rounds 3 --hold-ms 0; }
 
-all=(fanout_5000 fanout_1000 fanout_100 paced_1000 idle_1k idle_10k idle_19k chat_sqlite_10k chat_pg_10k chat_sqlite chat_pg storm dispatch_sqlite dispatch_pg2 dispatch_backlog_sqlite dispatch_backlog_pg2)
+all=(fanout_5000 fanout_1000 fanout_100 paced_1000 idle_1k idle_10k idle_10k_pg idle_19k chat_sqlite_10k chat_pg_10k chat_sqlite chat_pg storm dispatch_sqlite dispatch_pg2 dispatch_backlog_sqlite dispatch_backlog_pg2)
 for name in "${@:-${all[@]}}"; do
     "bench_$name"
 done

@@ -153,6 +153,7 @@ pub async fn run_on(
     // are waited for before the bus stops (below), so what they send reaches
     // the other nodes.
     let job_tasks = jobs::start(&state, shutdown.clone());
+    gateway::start_idle_sweep(&state, &workers, workers_stop.clone());
 
     let addr = listener.local_addr()?;
     tracing::info!(%addr, node = %node_id, backend = ?store.backend(), "switchboard listening");
@@ -190,7 +191,8 @@ pub async fn run_on(
     tracing::info!(sessions = state.registry().len(), "shutting down");
     let deadline = tokio::time::Instant::now() + drain;
     // axum's graceful shutdown covers plain HTTP only; the sessions of
-    // upgraded sockets watch the same token and close themselves with 1012.
+    // upgraded sockets are asked to close with 1012.
+    gateway::close_all_sessions(&state);
     if tokio::time::timeout_at(deadline, &mut http).await.is_err() {
         http.abort();
     }

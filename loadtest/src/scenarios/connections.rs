@@ -2,6 +2,14 @@
 //! server accepts them (bounded concurrency), hold them, and report
 //! authenticated connects per second, failures, and — when the server's pid
 //! is known — its resident memory per connection.
+//!
+//! Memory is reported two ways. `server_rss_per_connection_kib` is the whole
+//! growth over all N connections; it includes what the first connections
+//! warm up once for all (the store's page cache filling with the users'
+//! rows, allocator arenas, the registry's first tables).
+//! `server_rss_per_added_connection_kib` is the growth while the second half
+//! connects, divided by that half: what one more idle connection costs once
+//! the server is warm. The second half starts after the first has finished.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -36,7 +44,11 @@ pub(crate) struct ConnectionsArgs {
 
 /// What `--compare` sets side by side.
 const COMPARISON: Comparison<'static> = Comparison {
-    rates: &["connects_per_s", "server_rss_per_connection_kib"],
+    rates: &[
+        "connects_per_s",
+        "server_rss_per_connection_kib",
+        "server_rss_per_added_connection_kib",
+    ],
     latencies: &["connect_latency"],
 };
 
@@ -87,6 +99,9 @@ async fn measure(ctx: &Ctx, args: &ConnectionsArgs, mode: Mode) -> anyhow::Resul
     let latency = Arc::new(Latency::default());
     let started = Instant::now();
     let last_ok = Arc::new(LatestInstant::new(started));
+    // The second half waits for the first to finish (see the module doc).
+    let half = n / 2;
+    let (second_half_go, second_half_gate) = watch::channel(false);
 
     let mut tasks = Vec::with_capacity(n);
     for (i, token) in tokens.into_iter().enumerate() {
@@ -99,7 +114,11 @@ async fn measure(ctx: &Ctx, args: &ConnectionsArgs, mode: Mode) -> anyhow::Resul
         let latency = latency.clone();
         let last_ok = last_ok.clone();
         let stopped = stopped.clone();
+        let mut gate = (i >= half).then(|| second_half_gate.clone());
         tasks.push(tokio::spawn(async move {
+            if let Some(gate) = &mut gate {
+                let _ = gate.wait_for(|go| *go).await;
+            }
             let permit = slots.acquire_owned().await.expect("semaphore never closed");
             let t = Instant::now();
             let result = match &token {
@@ -128,7 +147,8 @@ async fn measure(ctx: &Ctx, args: &ConnectionsArgs, mode: Mode) -> anyhow::Resul
                     None
                 }
             };
-            if finished.fetch_add(1, Ordering::AcqRel) + 1 == n as u64 {
+            let done = finished.fetch_add(1, Ordering::AcqRel) + 1;
+            if done == half as u64 || done == n as u64 {
                 all_finished.notify_one();
             }
             if let Some((ws, heartbeat)) = conn {
@@ -150,7 +170,17 @@ async fn measure(ctx: &Ctx, args: &ConnectionsArgs, mode: Mode) -> anyhow::Resul
             )
         })
     };
-    all_finished.notified().await;
+    let mut at_half = None;
+    if half > 0 {
+        while finished.load(Ordering::Acquire) < half as u64 {
+            all_finished.notified().await;
+        }
+        at_half = Some((ok.load(Ordering::Relaxed), usage.sample_server()));
+    }
+    let _ = second_half_go.send(true);
+    while finished.load(Ordering::Acquire) < n as u64 {
+        all_finished.notified().await;
+    }
     progress.finish().await;
     let connected = ok.load(Ordering::Relaxed);
     let connect_s = secs(started, last_ok.get());
@@ -198,6 +228,19 @@ async fn measure(ctx: &Ctx, args: &ConnectionsArgs, mode: Mode) -> anyhow::Resul
         if let (Some(g), true) = (growth, connected > 0) {
             let per = g as f64 / connected as f64;
             report.figure(key, (per * 100.0).round() / 100.0, "KiB");
+        }
+    }
+    if let (Some((ok_at_half, Some(rss_at_half))), Some(rss_after)) =
+        (at_half, usage.server_rss_after_kib())
+    {
+        let added = connected.saturating_sub(ok_at_half);
+        if added > 0 {
+            let per = (rss_after as f64 - rss_at_half as f64) / added as f64;
+            report.figure(
+                "server_rss_per_added_connection_kib",
+                (per * 100.0).round() / 100.0,
+                "KiB",
+            );
         }
     }
     report.counts("close_codes", stats.closes());

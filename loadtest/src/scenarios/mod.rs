@@ -261,6 +261,16 @@ impl Usage {
         ));
     }
 
+    /// The server's resident memory now, in KiB (a sample between the two).
+    pub(crate) fn sample_server(&self) -> Option<u64> {
+        self.server.as_ref()?.sample().rss_kib
+    }
+
+    /// The server's resident memory at the "after" sample, in KiB.
+    pub(crate) fn server_rss_after_kib(&self) -> Option<u64> {
+        self.after?.0?.rss_kib
+    }
+
     /// Resident memory growth of the server and of the tool, in KiB.
     pub(crate) fn rss_growth_kib(&self) -> (Option<i64>, Option<i64>) {
         let Some((server_after, tool_after)) = self.after else {

@@ -7,26 +7,31 @@
 //! deliberately and the session owns the socket, including its close.
 //!
 //! Layout:
-//! - this file: [`upgrade`], origin checks, the tungstenite configuration.
+//! - this file: [`upgrade`], origin checks, the tungstenite configuration,
+//!   the idle sweep and the close of every session at shutdown.
 //! - [`session`]: one connection's life: auth, frames, writes, close.
-//! - [`outbox`]: a connection's bounded queue of frames to write.
+//! - [`outbox`]: a connection's shared half: its bounded queue of frames to
+//!   write, its close request, when it was last heard from.
 //! - [`registry`]: this node's connections and routing indexes.
+//! - [`writer`]: writes a connection's queued frames to its socket in batches.
 
 pub mod outbox;
 pub mod registry;
 pub mod session;
+pub mod writer;
+
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use hyper_util::rt::TokioIo;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
-use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::error::AppError;
 use crate::state::AppState;
+use outbox::CloseRequest;
 
 /// Bytes read from the socket at a time. Why 1 KiB: tungstenite allocates this
 /// eagerly for every connection, idle or not, and client frames are small
@@ -45,6 +50,49 @@ pub fn ws_config(max_frame_bytes: usize) -> WebSocketConfig {
         .write_buffer_size(WRITE_BUFFER)
         .max_message_size(Some(max_frame_bytes))
         .max_frame_size(Some(max_frame_bytes))
+}
+
+/// Closes the connections nothing arrived from for three heartbeats
+/// (`limits.heartbeat_s`; any frame counts, the clients' `ping` is the
+/// least), until `stop`.
+///
+/// One task for the node instead of a timer per connection: a timer is
+/// memory every idle connection holds and a re-arm on every frame. Why a
+/// quarter of a heartbeat between sweeps: a silent connection is closed
+/// between 3 and 3¼ heartbeats after it was last heard, and a sweep reads
+/// one timestamp per connection under the registry's read lock (about a
+/// millisecond per 100,000 connections), a few times a heartbeat.
+pub fn start_idle_sweep(
+    state: &AppState,
+    tracker: &tokio_util::task::TaskTracker,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let heartbeat_ms = state.config().limits.heartbeat_s.saturating_mul(1000);
+    let idle_ms = heartbeat_ms.saturating_mul(3);
+    let every = Duration::from_millis((heartbeat_ms / 4).max(100));
+    let state = state.clone();
+    tracker.spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let heard_before = session::clock_ms().saturating_sub(idle_ms);
+            let closed = state.registry().close_idle(heard_before);
+            if closed > 0 {
+                tracing::debug!(closed, "closing idle connections");
+            }
+        }
+    });
+}
+
+/// Asks every session of this node to close with 1012 "server restarting"
+/// after answering its pending sends and writing what is queued. (A session
+/// that registers later sees the shutdown token and asks itself.)
+pub fn close_all_sessions(state: &AppState) -> usize {
+    state.registry().close_all(CloseRequest::Restarting)
 }
 
 fn header_has(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
@@ -122,16 +170,11 @@ pub async fn upgrade(State(state): State<AppState>, mut req: Request) -> Respons
         return AppError::bad_request("this connection cannot be upgraded").into_response();
     };
     let config = ws_config(state.config().limits.max_frame_bytes);
-    let session_state = state.clone();
-    // The task lives as long as the connection and holds its future's
-    // largest state all along: the upgrade is boxed, so that state is the
-    // session's (see `session::run`).
-    let fut = async move {
-        if let Some(ws) = Box::pin(finish_upgrade(on_upgrade, config)).await {
-            session::run(session_state, ws).await;
-        }
-    };
-    state.tracker().spawn(fut);
+    state.tracker().spawn(session::Connection::start(
+        state.clone(),
+        on_upgrade,
+        config,
+    ));
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
         .header(header::CONNECTION, "Upgrade")
@@ -142,23 +185,6 @@ pub async fn upgrade(State(state): State<AppState>, mut req: Request) -> Respons
         )
         .body(Body::empty())
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
-}
-
-/// The upgraded socket as a WebSocket, once hyper has handed it over.
-async fn finish_upgrade(
-    on_upgrade: hyper::upgrade::OnUpgrade,
-    config: WebSocketConfig,
-) -> Option<session::Ws> {
-    match on_upgrade.await {
-        Ok(upgraded) => Some(
-            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
-                .await,
-        ),
-        Err(e) => {
-            tracing::debug!(error = %e, "upgrade failed");
-            None
-        }
-    }
 }
 
 #[cfg(test)]

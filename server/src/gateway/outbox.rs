@@ -1,21 +1,28 @@
-//! [`Outbox`]: one connection's bounded queue of serialized frames. Any
-//! thread delivering an event pushes into it; the connection's session is
-//! the one consumer and writes what it takes in batches.
+//! [`Outbox`]: one connection's shared half. Any thread delivering an event
+//! pushes a serialized frame into its bounded queue; any thread may ask the
+//! connection to close (slow consumer, idle, shutdown); the session notes
+//! when it last heard from the client. All of it wakes the connection's one
+//! task through one waker, and the session is the one consumer.
 //!
-//! Why not a tokio `mpsc` channel: a channel allocates a block of 32 slots
-//! (about 1.3 KiB with its shared state) the moment it is made, and most
-//! connections of a chat server sit idle with nothing queued. This queue is
-//! a `VecDeque` behind a mutex: empty, it owns no buffer; a burst grows it,
-//! and once drained a large buffer is given back. The mutex is held only to
-//! push or pop one frame (never across an `.await`); producers and the
-//! consumer rarely meet on it, since a connection is one consumer and a
-//! delivery pushes and leaves.
+//! Why not a tokio `mpsc` channel and a `Notify` per concern: a channel
+//! allocates a block of 32 slots (about 1.3 KiB with its shared state) the
+//! moment it is made, every waiting future is memory the connection's task
+//! keeps for its whole life, and most connections of a chat server sit idle
+//! with nothing queued. This queue is a `VecDeque` behind a mutex: empty, it
+//! owns no buffer; a burst grows it, and once drained a large buffer is given
+//! back. The mutex is held only to push or pop one frame (never across an
+//! `.await`); producers and the consumer rarely meet on it, since a
+//! connection is one consumer and a delivery pushes and leaves.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Mutex;
+use std::task::Waker;
 
-use tokio::sync::Notify;
+use futures_util::task::AtomicWaker;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use switchboard_protocol::close;
 
 /// A drained queue keeps a buffer of at most this many frames. Why 32: a
 /// connection in a busy conversation reuses it from burst to burst, while an
@@ -33,14 +40,52 @@ pub enum Push {
     Closed,
 }
 
+/// Why a connection was asked to close from outside its task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum CloseRequest {
+    /// Its outbound queue overflowed (4008).
+    SlowConsumer = 1,
+    /// Nothing arrived from the client for three heartbeats (1000).
+    Idle = 2,
+    /// The server is shutting down (1012): queued frames are still written.
+    Restarting = 3,
+}
+
+impl CloseRequest {
+    fn from_u8(v: u8) -> Option<CloseRequest> {
+        match v {
+            1 => Some(CloseRequest::SlowConsumer),
+            2 => Some(CloseRequest::Idle),
+            3 => Some(CloseRequest::Restarting),
+            _ => None,
+        }
+    }
+
+    /// The close code and reason the client receives.
+    pub fn close_frame(self) -> (u16, &'static str) {
+        match self {
+            CloseRequest::SlowConsumer => (close::SLOW_CONSUMER, "slow consumer"),
+            CloseRequest::Idle => (close::NORMAL, "idle timeout"),
+            CloseRequest::Restarting => (close::RESTARTING, "server restarting"),
+        }
+    }
+}
+
 /// See the module documentation.
 pub struct Outbox {
     capacity: usize,
     // Why a std Mutex: each critical section is a push or pop of one frame.
     state: Mutex<State>,
-    /// Wakes the consumer after a push (a permit is kept if it is not
-    /// waiting, so a push between its check and its wait is not missed).
-    ready: Notify,
+    /// The consumer's waker: woken by a push and by a close request. (It is
+    /// registered before the consumer looks at the queue, so a push between
+    /// its look and its sleep is not missed.)
+    waker: AtomicWaker,
+    /// A [`CloseRequest`] as its number, 0 while none; the first one wins.
+    close_request: AtomicU8,
+    /// When the client was last heard from, in the session clock's
+    /// milliseconds (see `session::clock_ms`).
+    last_heard_ms: AtomicU64,
 }
 
 #[derive(Default)]
@@ -55,7 +100,9 @@ impl Outbox {
         Outbox {
             capacity: capacity.max(1),
             state: Mutex::new(State::default()),
-            ready: Notify::new(),
+            waker: AtomicWaker::new(),
+            close_request: AtomicU8::new(0),
+            last_heard_ms: AtomicU64::new(0),
         }
     }
 
@@ -70,7 +117,7 @@ impl Outbox {
             }
             state.frames.push_back(frame);
         }
-        self.ready.notify_one();
+        self.waker.wake();
         Push::Queued
     }
 
@@ -84,14 +131,32 @@ impl Outbox {
         frame
     }
 
-    /// Waits for a frame and takes it (the consumer only).
-    pub async fn next(&self) -> Utf8Bytes {
-        loop {
-            if let Some(frame) = self.pop() {
-                return frame;
-            }
-            self.ready.notified().await;
-        }
+    /// Makes the next push or close request wake `waker` (the consumer
+    /// only; call it before looking at the queue).
+    pub fn register(&self, waker: &Waker) {
+        self.waker.register(waker);
+    }
+
+    /// Asks the connection to close; the first request wins.
+    pub fn request_close(&self, why: CloseRequest) {
+        let _ =
+            self.close_request
+                .compare_exchange(0, why as u8, Ordering::AcqRel, Ordering::Acquire);
+        self.waker.wake();
+    }
+
+    /// The close requested, if any.
+    pub fn close_requested(&self) -> Option<CloseRequest> {
+        CloseRequest::from_u8(self.close_request.load(Ordering::Acquire))
+    }
+
+    /// Notes that the client was heard from at `now_ms`.
+    pub fn heard_at(&self, now_ms: u64) {
+        self.last_heard_ms.store(now_ms, Ordering::Relaxed);
+    }
+
+    pub fn last_heard_ms(&self) -> u64 {
+        self.last_heard_ms.load(Ordering::Relaxed)
     }
 
     /// Refuses further frames and drops the queued ones.
@@ -119,7 +184,20 @@ impl Outbox {
 mod tests {
     use super::*;
     use std::sync::Arc;
+    use std::task::Poll;
     use std::time::Duration;
+
+    /// Waits for a frame the way the session does: register, then look.
+    async fn next(q: &Outbox) -> Utf8Bytes {
+        std::future::poll_fn(|cx| {
+            q.register(cx.waker());
+            match q.pop() {
+                Some(f) => Poll::Ready(f),
+                None => Poll::Pending,
+            }
+        })
+        .await
+    }
 
     fn frame(i: usize) -> Utf8Bytes {
         Utf8Bytes::from(format!("frame {i}"))
@@ -173,7 +251,7 @@ mod tests {
             .collect();
         let mut got = Vec::new();
         while got.len() < 4_000 {
-            let f = tokio::time::timeout(Duration::from_secs(5), q.next())
+            let f = tokio::time::timeout(Duration::from_secs(5), next(&q))
                 .await
                 .expect("woken for every push");
             got.push(f);
@@ -190,5 +268,45 @@ mod tests {
                 .collect();
             assert_eq!(mine, (p * 1_000..(p + 1) * 1_000).collect::<Vec<_>>());
         }
+    }
+}
+
+#[cfg(test)]
+mod close_tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::task::Poll;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn a_close_request_wakes_the_consumer_and_the_first_wins() {
+        let q = Arc::new(Outbox::new(4));
+        assert_eq!(q.close_requested(), None);
+        let waiter = {
+            let q = q.clone();
+            tokio::spawn(async move {
+                std::future::poll_fn(|cx| {
+                    q.register(cx.waker());
+                    match q.close_requested() {
+                        Some(why) => Poll::Ready(why),
+                        None => Poll::Pending,
+                    }
+                })
+                .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        q.request_close(CloseRequest::Idle);
+        q.request_close(CloseRequest::SlowConsumer);
+        let why = tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("woken by the request")
+            .unwrap();
+        assert_eq!(why, CloseRequest::Idle);
+        assert_eq!(q.close_requested(), Some(CloseRequest::Idle));
+        assert_eq!(
+            CloseRequest::Idle.close_frame(),
+            (close::NORMAL, "idle timeout")
+        );
     }
 }

@@ -9,54 +9,21 @@
 //! close instead of waiting or silently dropping.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, RwLock};
 
-use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use super::outbox::{Outbox, Push};
+use super::outbox::{CloseRequest, Outbox, Push};
 use crate::bus::{Exclude, Target};
 use crate::metrics::Metrics;
-use switchboard_protocol::close;
-
-/// Tells a connection's task to close with a code, from any thread.
-/// (A `Notify`, not a cancellation token: every connection has one, and a
-/// token allocates its tree node.)
-#[derive(Default)]
-pub struct Kill {
-    notify: Notify,
-    code: AtomicU16,
-}
-
-impl Kill {
-    /// Asks for a close with `code`; the first request wins.
-    pub fn request(&self, code: u16) {
-        let _ = self
-            .code
-            .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire);
-        self.notify.notify_one();
-    }
-
-    pub fn code(&self) -> u16 {
-        self.code.load(Ordering::Acquire)
-    }
-
-    /// Completes once a close was requested (for the connection's one task).
-    pub async fn requested(&self) {
-        while self.code() == 0 {
-            self.notify.notified().await;
-        }
-    }
-}
 
 /// What the registry holds for one connection.
 #[derive(Clone)]
 pub struct ConnHandle {
     pub id: Arc<str>,
     pub user: Arc<str>,
+    /// Its queue, close request and last activity (see [`Outbox`]).
     pub outbox: Arc<Outbox>,
-    pub kill: Arc<Kill>,
 }
 
 #[derive(Default)]
@@ -320,15 +287,38 @@ impl Registry {
             Push::Queued => true,
             Push::Full => {
                 self.metrics.outbound_drops.inc();
-                if handle.kill.code() == 0 {
+                if handle.outbox.close_requested().is_none() {
                     self.metrics.slow_consumer_closes.inc();
                 }
-                handle.kill.request(close::SLOW_CONSUMER);
+                handle.outbox.request_close(CloseRequest::SlowConsumer);
                 false
             }
             // The connection is closing; its task unregisters it.
             Push::Closed => false,
         }
+    }
+
+    /// Asks every connection to close (shutdown); returns how many.
+    pub fn close_all(&self, why: CloseRequest) -> usize {
+        let inner = self.inner.read().expect("registry lock poisoned");
+        for handle in inner.conns.values() {
+            handle.outbox.request_close(why);
+        }
+        inner.conns.len()
+    }
+
+    /// Asks every connection not heard from since `heard_before_ms` to close
+    /// as idle; returns how many were asked.
+    pub fn close_idle(&self, heard_before_ms: u64) -> usize {
+        let inner = self.inner.read().expect("registry lock poisoned");
+        let mut asked = 0;
+        for handle in inner.conns.values() {
+            if handle.outbox.last_heard_ms() < heard_before_ms {
+                handle.outbox.request_close(CloseRequest::Idle);
+                asked += 1;
+            }
+        }
+        asked
     }
 
     /// Number of live connections on this node.
@@ -399,7 +389,6 @@ mod tests {
                 id: Arc::from(id),
                 user: Arc::from(user),
                 outbox: outbox.clone(),
-                kill: Arc::new(Kill::default()),
             },
             outbox,
         )
@@ -506,8 +495,7 @@ mod tests {
     #[test]
     fn a_full_outbox_requests_a_slow_consumer_close() {
         let reg = registry();
-        let (h, _rx) = handle("c1", "alice", 1);
-        let kill = h.kill.clone();
+        let (h, rx) = handle("c1", "alice", 1);
         reg.register(h);
         reg.join("alice", ["cv"]);
         let f = Utf8Bytes::from_static("x");
@@ -515,11 +503,29 @@ mod tests {
             reg.deliver(&Target::Conv("cv".into()), &Exclude::Nobody, &f),
             1
         );
-        assert_eq!(kill.code(), 0);
+        assert_eq!(rx.close_requested(), None);
         assert_eq!(
             reg.deliver(&Target::Conv("cv".into()), &Exclude::Nobody, &f),
             0
         );
-        assert_eq!(kill.code(), close::SLOW_CONSUMER);
+        assert_eq!(rx.close_requested(), Some(CloseRequest::SlowConsumer));
+    }
+
+    #[test]
+    fn idle_and_shutdown_close_requests() {
+        let reg = registry();
+        let (quiet, rq) = handle("c1", "alice", 4);
+        let (chatty, rc) = handle("c2", "bob", 4);
+        rq.heard_at(1_000);
+        rc.heard_at(5_000);
+        reg.register(quiet);
+        reg.register(chatty);
+        assert_eq!(reg.close_idle(4_000), 1);
+        assert_eq!(rq.close_requested(), Some(CloseRequest::Idle));
+        assert_eq!(rc.close_requested(), None);
+        assert_eq!(reg.close_all(CloseRequest::Restarting), 2);
+        assert_eq!(rc.close_requested(), Some(CloseRequest::Restarting));
+        // The first request stands.
+        assert_eq!(rq.close_requested(), Some(CloseRequest::Idle));
     }
 }
