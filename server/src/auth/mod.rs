@@ -25,7 +25,7 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
-use sqlx::Row;
+use sqlx::{AnyConnection, Row};
 use switchboard_protocol::{Role, UserRef};
 
 use crate::error::{AppError, AppResult};
@@ -315,16 +315,27 @@ async fn revoke_family(store: &Store, family: &str) -> AppResult<()> {
 }
 
 /// Verifies an access token and that its user and family are still in good
-/// standing. Used by REST requests and the WebSocket `auth` frame alike.
+/// standing (REST requests; the WebSocket `auth` checks the token and calls
+/// [`session_user`] itself).
 pub async fn authenticate(state: &AppState, token: &str) -> AppResult<UserRef> {
     let claims = state.keys().verify_access(token)?;
+    let mut db = state.store().read().acquire().await?;
+    session_user(&mut db, claims).await
+}
+
+/// The user of a verified access token, on a store connection the caller
+/// holds (the WebSocket `auth` reads the user's conversations on the same
+/// one: each pooled statement costs a round trip to the connection, and its
+/// return to the pool another). The account must exist and be enabled, and
+/// the token's session (family) must not be revoked.
+pub async fn session_user(db: &mut AnyConnection, claims: Claims) -> AppResult<UserRef> {
     let row = sqlx::query(
         "SELECT u.name, u.role, u.disabled, f.revoked_at FROM users u \
          JOIN token_families f ON f.user_id = u.id WHERE u.id = $1 AND f.id = $2",
     )
     .bind(&claims.sub)
     .bind(&claims.fam)
-    .fetch_optional(state.store().read())
+    .fetch_optional(&mut *db)
     .await?;
     let Some(row) = row else {
         return Err(AppError::unauthorized("the access token is invalid"));

@@ -15,7 +15,7 @@ pub mod committer;
 pub mod messages;
 
 use sqlx::any::AnyRow;
-use sqlx::Row;
+use sqlx::{AnyConnection, Row};
 use switchboard_protocol::{
     ConversationInfo, ConversationKind, ConversationState, Role, ServerFrame, UserRef,
 };
@@ -82,7 +82,10 @@ pub async fn conversation_info(store: &Store, conv: &str) -> AppResult<Conversat
 
 /// Every conversation the user is a member of that is not closed: the list the
 /// `auth` reply carries.
-pub async fn open_conversations_of(store: &Store, user: &str) -> AppResult<Vec<ConversationInfo>> {
+pub async fn open_conversations_of(
+    db: &mut AnyConnection,
+    user: &str,
+) -> AppResult<Vec<ConversationInfo>> {
     // One statement (every connection's `auth` runs it): the conversations
     // the user is a member of, then those offered to it (offer mode: not a
     // member yet, but a reconnecting agent must still see its open offers).
@@ -96,7 +99,7 @@ pub async fn open_conversations_of(store: &Store, user: &str) -> AppResult<Vec<C
          ORDER BY part, sort_at DESC"
     ))
     .bind(user)
-    .fetch_all(store.read())
+    .fetch_all(&mut *db)
     .await?;
     rows.iter()
         .map(|r| info_from_row(r, r.try_get("last_read_seq")?))

@@ -19,6 +19,8 @@ use futures_util::stream::FuturesOrdered;
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use sqlx::pool::PoolConnection;
+use sqlx::Any;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::error::Error as WsError;
@@ -151,7 +153,12 @@ async fn finish_upgrade(on_upgrade: OnUpgrade, config: WebSocketConfig) -> Optio
 
 /// Authenticates the connection, registers it and sends the `auth` reply.
 async fn start(state: AppState, mut ws: Ws) -> Option<(Serving, Unregister)> {
-    let (user, req) = await_auth(&state, &mut ws).await?;
+    // One store connection for both statements of an `auth` (the token's
+    // session, then the conversations): a pooled statement costs a hand-off
+    // to the connection and another when it goes back to the pool. Held for
+    // the registration in between (no `.await`), and given back before
+    // anything is written to the socket.
+    let (user, req, mut db) = await_auth(&state, &mut ws).await?;
     let conn_id: Arc<str> = Arc::from(new_id("c_"));
     let span = tracing::info_span!("session", conn = %conn_id, user = %user.id);
     let setup = async move {
@@ -174,18 +181,19 @@ async fn start(state: AppState, mut ws: Ws) -> Option<(Serving, Unregister)> {
         }
         let staff = user.role.is_staff().then(|| user.id.clone());
         let registered = Unregister(state.clone(), conn_id.clone(), staff.clone());
-        let conversations =
-            match conversations::open_conversations_of(state.store(), &user.id).await {
-                Ok(c) => c,
-                Err(e) => {
-                    e.log();
-                    let _ = ws
-                        .send(text(&ServerFrame::error(req, e.code(), e.public_message())))
-                        .await;
-                    close_gracefully(&mut ws, TRY_AGAIN_LATER, "try again later").await;
-                    return None;
-                }
-            };
+        let conversations = conversations::open_conversations_of(&mut db, &user.id).await;
+        drop(db);
+        let conversations = match conversations {
+            Ok(c) => c,
+            Err(e) => {
+                e.log();
+                let _ = ws
+                    .send(text(&ServerFrame::error(req, e.code(), e.public_message())))
+                    .await;
+                close_gracefully(&mut ws, TRY_AGAIN_LATER, "try again later").await;
+                return None;
+            }
+        };
         state
             .registry()
             .join(&user.id, conversations.iter().map(|c| c.id.as_str()));
@@ -255,8 +263,12 @@ fn is_too_large(e: &WsError) -> bool {
     matches!(e, WsError::Capacity(_))
 }
 
-/// Waits for the first frame, which must be a valid `auth`.
-async fn await_auth(state: &AppState, ws: &mut Ws) -> Option<(UserRef, Option<ReqId>)> {
+/// Waits for the first frame, which must be a valid `auth`; returns its
+/// user, its `req` and the store connection that checked it (see `start`).
+async fn await_auth(
+    state: &AppState,
+    ws: &mut Ws,
+) -> Option<(UserRef, Option<ReqId>, PoolConnection<Any>)> {
     let deadline = Instant::now() + Duration::from_secs(state.config().limits.auth_timeout_s);
     loop {
         let next = match tokio::time::timeout_at(deadline, ws.next()).await {
@@ -287,8 +299,14 @@ async fn await_auth(state: &AppState, ws: &mut Ws) -> Option<(UserRef, Option<Re
             close_gracefully(ws, close::NOT_AUTHENTICATED, "auth required").await;
             return None;
         };
-        return match auth::authenticate(state, &token).await {
-            Ok(user) => Some((user, req)),
+        let checked = async {
+            let claims = state.keys().verify_access(&token)?;
+            let mut db = state.store().read().acquire().await?;
+            let user = auth::session_user(&mut db, claims).await?;
+            AppResult::Ok((user, db))
+        };
+        return match checked.await {
+            Ok((user, db)) => Some((user, req, db)),
             Err(e) => {
                 e.log();
                 let code = e.code();
