@@ -28,7 +28,6 @@ use std::time::{Duration, Instant};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use prometheus::{IntCounterVec, Opts, Registry};
-use switchboard_protocol::Role;
 
 use super::{start_session, users, visitor_name, TokenPair};
 use crate::error::AppError;
@@ -239,19 +238,7 @@ pub async fn sign_up(
         limiter.outcomes.with_label_values(&["rate_limited"]).inc();
         return Err(Refusal::Limited(limited));
     }
-    let user = users::create_user(
-        state.store(),
-        users::NewUser {
-            username: None,
-            name,
-            role: Role::Customer,
-            password_hash: None,
-            temporary: true,
-            max_concurrency: None,
-            skills: Vec::new(),
-        },
-    )
-    .await?;
+    let user = users::create_user(state.store(), users::NewUser::temporary_customer(name)).await?;
     let pair = start_session(state, &user).await?;
     limiter.outcomes.with_label_values(&["created"]).inc();
     Ok(pair)

@@ -442,19 +442,7 @@ pub async fn redeem_quick_link(
             "this link is invalid, used up or expired",
         ));
     }
-    let user = users::create_user(
-        state.store(),
-        users::NewUser {
-            username: None,
-            name,
-            role: Role::Customer,
-            password_hash: None,
-            temporary: true,
-            max_concurrency: None,
-            skills: Vec::new(),
-        },
-    )
-    .await?;
+    let user = users::create_user(state.store(), users::NewUser::temporary_customer(name)).await?;
     start_session(state, &user).await
 }
 

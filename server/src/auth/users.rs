@@ -71,6 +71,22 @@ pub struct NewUser {
     pub skills: Vec<crate::dispatch::Skill>,
 }
 
+impl NewUser {
+    /// A customer without a login of its own (an anonymous start or a quick
+    /// link): it holds only the tokens it was given.
+    pub fn temporary_customer(name: String) -> NewUser {
+        NewUser {
+            username: None,
+            name,
+            role: Role::Customer,
+            password_hash: None,
+            temporary: true,
+            max_concurrency: None,
+            skills: Vec::new(),
+        }
+    }
+}
+
 /// Checks a username: 3–64 characters of letters, digits, `.`, `_`, `-`, `@`.
 pub fn validate_username(username: &str) -> AppResult<()> {
     let ok_len = (3..=64).contains(&username.chars().count());
