@@ -175,9 +175,19 @@ pub async fn run_on(
         .with_graceful_shutdown(stop_http)
         .into_future(),
     );
+    // Why biased, and the check in the second branch: once shutdown is asked
+    // for, axum's serve future ends at once when no plain HTTP request is
+    // open, so both branches can be ready; taking the second for "the
+    // listener failed" returned without closing the sessions, and their
+    // clients saw a reset instead of 1012 (a flake of the SIGTERM test).
+    let mut http_done = false;
     let early = tokio::select! {
+        biased;
         _ = shutdown.cancelled() => None,
-        result = &mut http => Some(result),
+        result = &mut http => {
+            http_done = true;
+            (!shutdown.is_cancelled()).then_some(result)
+        }
     };
     if let Some(result) = early {
         // The listener failed before any shutdown was asked for.
@@ -193,7 +203,7 @@ pub async fn run_on(
     // axum's graceful shutdown covers plain HTTP only; the sessions of
     // upgraded sockets are asked to close with 1012.
     gateway::close_all_sessions(&state);
-    if tokio::time::timeout_at(deadline, &mut http).await.is_err() {
+    if !http_done && tokio::time::timeout_at(deadline, &mut http).await.is_err() {
         http.abort();
     }
     sessions.close();
