@@ -25,7 +25,8 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
-use sqlx::{AnyConnection, Row};
+use sqlx::pool::PoolConnection;
+use sqlx::{Any, AnyConnection, Row};
 use switchboard_protocol::{Role, UserRef};
 
 use crate::error::{AppError, AppResult};
@@ -315,20 +316,29 @@ async fn revoke_family(store: &Store, family: &str) -> AppResult<()> {
 }
 
 /// Verifies an access token and that its user and family are still in good
-/// standing (REST requests; the WebSocket `auth` checks the token and calls
-/// [`session_user`] itself).
+/// standing (REST requests; the WebSocket `auth` uses
+/// [`authenticate_holding`]).
 pub async fn authenticate(state: &AppState, token: &str) -> AppResult<UserRef> {
-    let claims = state.keys().verify_access(token)?;
-    let mut db = state.store().read().acquire().await?;
-    session_user(&mut db, claims).await
+    Ok(authenticate_holding(state, token).await?.0)
 }
 
-/// The user of a verified access token, on a store connection the caller
-/// holds (the WebSocket `auth` reads the user's conversations on the same
-/// one: each pooled statement costs a round trip to the connection, and its
-/// return to the pool another). The account must exist and be enabled, and
-/// the token's session (family) must not be revoked.
-pub async fn session_user(db: &mut AnyConnection, claims: Claims) -> AppResult<UserRef> {
+/// [`authenticate`], also handing back the store connection it read from,
+/// for the caller's next statement (the WebSocket `auth` reads the user's
+/// conversations on it: each pooled statement costs a round trip to the
+/// connection, and its return to the pool another).
+pub async fn authenticate_holding(
+    state: &AppState,
+    token: &str,
+) -> AppResult<(UserRef, PoolConnection<Any>)> {
+    let claims = state.keys().verify_access(token)?;
+    let mut db = state.store().read().acquire().await?;
+    let user = session_user(&mut db, claims).await?;
+    Ok((user, db))
+}
+
+/// The user of a verified access token: the account must exist and be
+/// enabled, and the token's session (family) must not be revoked.
+async fn session_user(db: &mut AnyConnection, claims: Claims) -> AppResult<UserRef> {
     let row = sqlx::query(
         "SELECT u.name, u.role, u.disabled, f.revoked_at FROM users u \
          JOIN token_families f ON f.user_id = u.id WHERE u.id = $1 AND f.id = $2",

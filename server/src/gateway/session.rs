@@ -225,6 +225,7 @@ async fn start(state: AppState, mut ws: Ws) -> Option<(Serving, Unregister)> {
     };
     let (session, ws, registered) = setup.instrument(span.clone()).await?;
     let serving = Serving {
+        outbox: session.client.handle.outbox.clone(),
         session,
         ws,
         handling: None,
@@ -299,13 +300,7 @@ async fn await_auth(
             close_gracefully(ws, close::NOT_AUTHENTICATED, "auth required").await;
             return None;
         };
-        let checked = async {
-            let claims = state.keys().verify_access(&token)?;
-            let mut db = state.store().read().acquire().await?;
-            let user = auth::session_user(&mut db, claims).await?;
-            AppResult::Ok((user, db))
-        };
-        return match checked.await {
+        return match auth::authenticate_holding(state, &token).await {
             Ok((user, db)) => Some((user, req, db)),
             Err(e) => {
                 e.log();
@@ -493,6 +488,9 @@ enum Inbound {
 /// a frame or a commit wakes it.
 struct Serving {
     session: Session,
+    /// The session's outbox, held here too so that a poll can read it while
+    /// the session is borrowed mutably (instead of a reference count per poll).
+    outbox: Arc<Outbox>,
     ws: Ws,
     handling: Option<Handling>,
     writer: Writer,
@@ -508,8 +506,7 @@ impl Future for Serving {
         // the guard would otherwise borrow `this` across the whole poll.
         let span = this.span.clone();
         let _entered = span.enter();
-        let client = this.session.client.clone();
-        let outbox = &client.handle.outbox;
+        let outbox = &this.outbox;
         // Before looking at the queue: a push after the look wakes us.
         outbox.register(cx.waker());
         for _ in 0..MAX_TURNS_PER_POLL {
@@ -520,7 +517,8 @@ impl Future for Serving {
             let mut progressed = match this.writer.poll_write(cx, &mut this.ws, outbox) {
                 Poll::Ready(Ok(0)) => false,
                 Poll::Ready(Ok(frames)) => {
-                    client.state.metrics().frames_out.inc_by(frames as u64);
+                    let metrics = this.session.client.state.metrics();
+                    metrics.frames_out.inc_by(frames as u64);
                     true
                 }
                 Poll::Ready(Err(_)) => return Poll::Ready(Stop::Gone),
@@ -529,7 +527,7 @@ impl Future for Serving {
             };
             if let Some(in_flight) = &mut this.session.in_flight {
                 while let Poll::Ready(Some(reply)) = in_flight.poll_next_unpin(cx) {
-                    client.reply(&reply);
+                    this.session.client.reply(&reply);
                     progressed = true;
                 }
             }
@@ -598,7 +596,7 @@ impl Serving {
                 let (req, outcome) = handling.await;
                 self.session.on_outcome(req, outcome);
             }
-            let outbox = self.session.client.handle.outbox.clone();
+            let outbox = self.outbox.clone();
             if self.writer.is_writing() {
                 let rest = std::future::poll_fn(|cx| self.writer.poll_finish(cx, &mut self.ws));
                 if !matches!(tokio::time::timeout(CLOSE_TIMEOUT, rest).await, Ok(Ok(_))) {
@@ -721,11 +719,6 @@ impl Session {
             .frames_in
             .with_label_values(&[frame.type_name()])
             .inc();
-        if let ClientFrame::Ping { req } = frame {
-            // Answered here: no future, no allocation.
-            self.client.reply(&ServerFrame::Pong { req });
-            return Inbound::Done(Flow::Continue);
-        }
         let client = self.client.clone();
         Inbound::Execute(Box::pin(async move {
             let outcome = execute(&client, frame).await;

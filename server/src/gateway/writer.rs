@@ -62,11 +62,6 @@ impl Writer {
         outbox: &Outbox,
     ) -> Poll<Result<usize, WsError>> {
         if self.buf.is_empty() {
-            if outbox.is_empty() {
-                return Poll::Ready(Ok(0));
-            }
-            // tungstenite's own frames (a pong it owes) go out first, whole.
-            ready!(Sink::<WsMessage>::poll_flush(Pin::new(&mut *ws), cx))?;
             while self.frames < MAX_BATCH && self.buf.len() < MAX_BATCH_BYTES {
                 let Some(frame) = outbox.pop() else {
                     break;
@@ -88,6 +83,10 @@ impl Writer {
         cx: &mut Context<'_>,
         ws: &mut Ws,
     ) -> Poll<Result<usize, WsError>> {
+        if self.written == 0 && !self.buf.is_empty() {
+            // tungstenite's own frames (a pong it owes) go out first, whole.
+            ready!(Sink::<WsMessage>::poll_flush(Pin::new(&mut *ws), cx))?;
+        }
         let io = ws.get_mut();
         while self.written < self.buf.len() {
             let n = ready!(Pin::new(&mut *io).poll_write(cx, &self.buf[self.written..]))?;
