@@ -373,6 +373,74 @@ async fn bad_tokens_get_unauthorized_then_close_4003() {
     assert_eq!(c.auth.as_ref().unwrap().user.id, m.id);
 }
 
+// 3b.
+#[tokio::test]
+async fn a_revoked_session_or_a_disabled_account_is_refused_with_4003() {
+    let s = setup(Backend::Sqlite).await;
+    let ms = seed_users(
+        &s,
+        &[("revoked1", Role::Agent), ("disabled1", Role::Customer)],
+    )
+    .await;
+    let (revoked, disabled) = (&ms[0], &ms[1]);
+    let group = s
+        .server
+        .create_group(
+            &s.admin_token,
+            "撤销测试",
+            &[revoked.id.as_str(), disabled.id.as_str()],
+        )
+        .await;
+    // Someone else stays connected throughout: a refusal must not touch them.
+    let mut admin = s.server.client(&s.admin_token).await;
+    let store = s.cluster.store().await;
+    sqlx::query("UPDATE token_families SET revoked_at = $1 WHERE id = $2")
+        .bind(switchboard_server::util::now_ms())
+        .bind(&revoked.family)
+        .execute(store.write())
+        .await
+        .expect("revoke family");
+    sqlx::query("UPDATE users SET disabled = 1 WHERE id = $1")
+        .bind(&disabled.id)
+        .execute(store.write())
+        .await
+        .expect("disable user");
+    store.close().await;
+    let before = metric(&s.server, "switchboard_connections").await;
+    for (m, why) in [
+        (revoked, "this session was revoked; sign in again"),
+        (disabled, "this account is disabled"),
+    ] {
+        // The tokens' signatures and claims are still good: only the store
+        // knows, and a member of a conversation hears nothing of it.
+        let mut c = Client::connect(&s.server.ws_url()).await;
+        c.send_frame(&ClientFrame::Auth {
+            req: Some(3),
+            token: m.token.clone(),
+        })
+        .await;
+        let (frames, code, _) = frames_until_close(&mut c).await;
+        assert_eq!(frames.len(), 1, "exactly one reply for {why}: {frames:?}");
+        match &frames[0] {
+            ServerFrame::Error { req, code, message } => {
+                assert_eq!(*req, Some(3));
+                assert_eq!(*code, ErrorCode::Unauthorized);
+                assert_eq!(message, why);
+            }
+            other => panic!("expected an error, got {other:?}"),
+        }
+        assert_eq!(code, close::BAD_TOKEN, "{why}");
+    }
+    assert_eq!(
+        metric(&s.server, "switchboard_connections").await,
+        before,
+        "a refused connection left the registry"
+    );
+    admin
+        .send_text_message(&group, "still-here", "我还在")
+        .await;
+}
+
 // 4.
 #[tokio::test]
 async fn oversize_frames_close_with_1009_before_and_after_auth() {
@@ -1150,6 +1218,8 @@ async fn the_auth_reply_lists_open_conversations_and_auth_is_once() {
         a1.send_text_message(&g1, &format!("g1-{i}"), "一组消息")
             .await;
     }
+    // Apart in time, so the reply's order (newest activity first) is defined.
+    tokio::time::sleep(Duration::from_millis(5)).await;
     a1.send_text_message(&g2, "g2-1", "二组消息").await;
     a1.send_text_message(&g3, "g3-1", "关闭前").await;
     assert_ok(&a1.request(read_frame(&g1, 2)).await);
@@ -1183,6 +1253,9 @@ async fn the_auth_reply_lists_open_conversations_and_auth_is_once() {
     ]
     .into();
     assert_eq!(listed, expected, "neither {g3} (closed) nor {other}");
+    // Newest activity first: g2 had the later message.
+    let order: Vec<&str> = ok.conversations.iter().map(|c| c.id.as_str()).collect();
+    assert_eq!(order, [g2.as_str(), g1.as_str()], "the auth reply's order");
 
     // A second auth, even with another user's token, changes nothing.
     let r = a2

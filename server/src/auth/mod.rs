@@ -25,10 +25,13 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
-use sqlx::pool::PoolConnection;
-use sqlx::{Any, AnyConnection, Row};
-use switchboard_protocol::{Role, UserRef};
+use std::sync::LazyLock;
 
+use sqlx::any::AnyRow;
+use sqlx::Row;
+use switchboard_protocol::{ConversationInfo, Role, UserRef};
+
+use crate::conversations;
 use crate::error::{AppError, AppResult};
 use crate::state::AppState;
 use crate::store::Store;
@@ -316,37 +319,71 @@ async fn revoke_family(store: &Store, family: &str) -> AppResult<()> {
 }
 
 /// Verifies an access token and that its user and family are still in good
-/// standing (REST requests; the WebSocket `auth` uses
-/// [`authenticate_holding`]).
+/// standing (REST requests; the WebSocket `auth` uses [`open_session`]).
 pub async fn authenticate(state: &AppState, token: &str) -> AppResult<UserRef> {
-    Ok(authenticate_holding(state, token).await?.0)
-}
-
-/// [`authenticate`], also handing back the store connection it read from,
-/// for the caller's next statement (the WebSocket `auth` reads the user's
-/// conversations on it: each pooled statement costs a round trip to the
-/// connection, and its return to the pool another).
-pub async fn authenticate_holding(
-    state: &AppState,
-    token: &str,
-) -> AppResult<(UserRef, PoolConnection<Any>)> {
     let claims = state.keys().verify_access(token)?;
-    let mut db = state.store().read().acquire().await?;
-    let user = session_user(&mut db, claims).await?;
-    Ok((user, db))
-}
-
-/// The user of a verified access token: the account must exist and be
-/// enabled, and the token's session (family) must not be revoked.
-async fn session_user(db: &mut AnyConnection, claims: Claims) -> AppResult<UserRef> {
     let row = sqlx::query(
         "SELECT u.name, u.role, u.disabled, f.revoked_at FROM users u \
          JOIN token_families f ON f.user_id = u.id WHERE u.id = $1 AND f.id = $2",
     )
     .bind(&claims.sub)
     .bind(&claims.fam)
-    .fetch_optional(&mut *db)
+    .fetch_optional(state.store().read())
     .await?;
+    session_user(row.as_ref(), claims)
+}
+
+/// The statement of a WebSocket `auth`: the token's session check of
+/// [`authenticate`] joined to the conversations the user is a member of
+/// ([`conversations::MEMBER_CONVERSATIONS`]): one row per conversation, or
+/// one with no conversation columns when there are none, or none when the
+/// user or the family does not exist. Why one statement: every connection
+/// runs it, and each pooled statement costs a hand-off to the connection and,
+/// on PostgreSQL, a network round trip.
+static OPEN_SESSION: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT u.name, u.role, u.disabled, f.revoked_at, v.* FROM users u \
+         JOIN token_families f ON f.user_id = u.id \
+         LEFT JOIN ({}) v ON 1 = 1 \
+         WHERE u.id = $1 AND f.id = $2",
+        *conversations::MEMBER_CONVERSATIONS
+    )
+});
+
+/// The user of a verified access token ([`TokenKeys::verify_access`]) and the
+/// conversations its `auth` reply lists: those it is a member of, newest
+/// activity first, then for staff the offers waiting for it (a second
+/// statement, for the few connections that are staff).
+pub async fn open_session(
+    state: &AppState,
+    claims: Claims,
+) -> AppResult<(UserRef, Vec<ConversationInfo>)> {
+    let rows = sqlx::query(OPEN_SESSION.as_str())
+        .bind(&claims.sub)
+        .bind(&claims.fam)
+        .fetch_all(state.store().read())
+        .await?;
+    let user = session_user(rows.first(), claims)?;
+    let mut member = Vec::with_capacity(rows.len());
+    for row in &rows {
+        if row.try_get::<Option<String>, _>("id")?.is_some() {
+            let info = conversations::info_from_row(row, row.try_get("last_read_seq")?)?;
+            member.push((row.try_get::<i64, _>("sort_at")?, info));
+        }
+    }
+    member.sort_by_key(|(at, _)| std::cmp::Reverse(*at));
+    let mut listed: Vec<ConversationInfo> = member.into_iter().map(|(_, c)| c).collect();
+    if user.role.is_staff() {
+        listed.extend(conversations::offers_to(state.store(), &user.id).await?);
+    }
+    Ok((user, listed))
+}
+
+/// The user of a verified access token from the row of its session check
+/// (`name`, `role`, `disabled`, `revoked_at`; none when the user or the family
+/// does not exist): the account must exist and be enabled, and the token's
+/// session (family) must not be revoked.
+fn session_user(row: Option<&AnyRow>, claims: Claims) -> AppResult<UserRef> {
     let Some(row) = row else {
         return Err(AppError::unauthorized("the access token is invalid"));
     };

@@ -14,8 +14,10 @@
 pub mod committer;
 pub mod messages;
 
+use std::sync::LazyLock;
+
 use sqlx::any::AnyRow;
-use sqlx::{AnyConnection, Row};
+use sqlx::Row;
 use switchboard_protocol::{
     ConversationInfo, ConversationKind, ConversationState, Role, ServerFrame, UserRef,
 };
@@ -80,30 +82,33 @@ pub async fn conversation_info(store: &Store, conv: &str) -> AppResult<Conversat
     info_from_row(&row, 0)
 }
 
-/// Every conversation the user is a member of that is not closed: the list the
-/// `auth` reply carries.
-pub async fn open_conversations_of(
-    db: &mut AnyConnection,
-    user: &str,
-) -> AppResult<Vec<ConversationInfo>> {
-    // One statement (every connection's `auth` runs it): the conversations
-    // the user is a member of, then those offered to it (offer mode: not a
-    // member yet, but a reconnecting agent must still see its open offers).
-    let rows = sqlx::query(&format!(
-        "SELECT {INFO_COLUMNS}, m.last_read_seq, 0 AS part, c.updated_at AS sort_at \
+/// Every conversation the user `$1` is a member of that is not closed, as
+/// [`INFO_COLUMNS`] plus `last_read_seq` and `sort_at` (latest activity; the
+/// `auth` reply lists them newest first). Every connection's `auth` reads it,
+/// joined to the token's session check in one statement
+/// ([`crate::auth::open_session`]), so it has no `ORDER BY`: the caller sorts
+/// (a sort node costs PostgreSQL more to set up than the few rows cost).
+pub static MEMBER_CONVERSATIONS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {INFO_COLUMNS}, m.last_read_seq, c.updated_at AS sort_at \
          FROM conversation_members m JOIN conversations c ON c.id = m.conv_id \
-         WHERE m.user_id = $1 AND c.state <> 'closed' \
-         UNION ALL \
-         SELECT {INFO_COLUMNS}, 0, 1, c.updated_at FROM conversations c \
-         WHERE c.offered_to = $1 AND c.state = 'queued' \
-         ORDER BY part, sort_at DESC"
+         WHERE m.user_id = $1 AND c.state <> 'closed'"
+    )
+});
+
+/// The conversations waiting for the agent to accept them (offer mode: not a
+/// member yet, but a reconnecting agent must still see its open offers),
+/// newest first: the `auth` reply of staff lists them after
+/// [`MEMBER_CONVERSATIONS`].
+pub async fn offers_to(store: &Store, user: &str) -> AppResult<Vec<ConversationInfo>> {
+    let rows = sqlx::query(&format!(
+        "SELECT {INFO_COLUMNS} FROM conversations c \
+         WHERE c.offered_to = $1 AND c.state = 'queued' ORDER BY c.updated_at DESC"
     ))
     .bind(user)
-    .fetch_all(&mut *db)
+    .fetch_all(store.read())
     .await?;
-    rows.iter()
-        .map(|r| info_from_row(r, r.try_get("last_read_seq")?))
-        .collect()
+    rows.iter().map(|r| info_from_row(r, 0)).collect()
 }
 
 /// The user's conversations (closed ones too), newest activity first, paged

@@ -19,8 +19,6 @@ use futures_util::stream::FuturesOrdered;
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use sqlx::pool::PoolConnection;
-use sqlx::Any;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::error::Error as WsError;
@@ -38,7 +36,7 @@ use super::outbox::{CloseRequest, Outbox};
 use super::registry::ConnHandle;
 use super::writer::Writer;
 use crate::auth;
-use crate::conversations::{self, messages};
+use crate::conversations::messages;
 use crate::dispatch;
 use crate::error::{AppError, AppResult};
 use crate::state::AppState;
@@ -153,14 +151,9 @@ async fn finish_upgrade(on_upgrade: OnUpgrade, config: WebSocketConfig) -> Optio
 
 /// Authenticates the connection, registers it and sends the `auth` reply.
 async fn start(state: AppState, mut ws: Ws) -> Option<(Serving, Unregister)> {
-    // One store connection for both statements of an `auth` (the token's
-    // session, then the conversations): a pooled statement costs a hand-off
-    // to the connection and another when it goes back to the pool. Held for
-    // the registration in between (no `.await`), and given back before
-    // anything is written to the socket.
-    let (user, req, mut db) = await_auth(&state, &mut ws).await?;
+    let (claims, req) = await_auth(&state, &mut ws).await?;
     let conn_id: Arc<str> = Arc::from(new_id("c_"));
-    let span = tracing::info_span!("session", conn = %conn_id, user = %user.id);
+    let span = tracing::info_span!("session", conn = %conn_id, user = %claims.sub);
     let setup = async move {
         let limits = &state.config().limits;
         let outbox = Outbox::new(limits.outbound_queue);
@@ -168,32 +161,30 @@ async fn start(state: AppState, mut ws: Ws) -> Option<(Serving, Unregister)> {
         outbox.heard_at(clock_ms());
         let handle = ConnHandle {
             id: conn_id.clone(),
-            user: Arc::from(user.id.as_str()),
+            user: Arc::from(claims.sub.as_str()),
             outbox: Arc::new(outbox),
         };
-        // Register before reading the conversation list: a membership change
-        // published meanwhile then reaches this connection's index.
+        // Registered under the token's user before the store is asked about
+        // the session and the conversations: a membership change published
+        // meanwhile then reaches this connection's index. Nothing queued
+        // reaches the socket before the `auth` reply is queued, so a session
+        // the store refuses is unregistered having been told nothing.
         state.registry().register(handle.clone());
+        let mut registered = Unregister(state.clone(), conn_id.clone(), None);
         // Shutdown asks the registered connections to close; one that
         // registered after that asks itself.
         if state.shutdown_token().is_cancelled() {
             handle.outbox.request_close(CloseRequest::Restarting);
         }
-        let staff = user.role.is_staff().then(|| user.id.clone());
-        let registered = Unregister(state.clone(), conn_id.clone(), staff.clone());
-        let conversations = conversations::open_conversations_of(&mut db, &user.id).await;
-        drop(db);
-        let conversations = match conversations {
-            Ok(c) => c,
+        let (user, conversations) = match auth::open_session(&state, claims).await {
+            Ok(found) => found,
             Err(e) => {
-                e.log();
-                let _ = ws
-                    .send(text(&ServerFrame::error(req, e.code(), e.public_message())))
-                    .await;
-                close_gracefully(&mut ws, TRY_AGAIN_LATER, "try again later").await;
+                refuse(&mut ws, req, e).await;
                 return None;
             }
         };
+        let staff = user.role.is_staff().then(|| user.id.clone());
+        registered.2 = staff.clone();
         state
             .registry()
             .join(&user.id, conversations.iter().map(|c| c.id.as_str()));
@@ -264,12 +255,10 @@ fn is_too_large(e: &WsError) -> bool {
     matches!(e, WsError::Capacity(_))
 }
 
-/// Waits for the first frame, which must be a valid `auth`; returns its
-/// user, its `req` and the store connection that checked it (see `start`).
-async fn await_auth(
-    state: &AppState,
-    ws: &mut Ws,
-) -> Option<(UserRef, Option<ReqId>, PoolConnection<Any>)> {
+/// Waits for the first frame, which must be a valid `auth` with an access
+/// token whose signature and claims check out; returns the token's claims and
+/// the frame's `req` (the store's checks follow in `start`).
+async fn await_auth(state: &AppState, ws: &mut Ws) -> Option<(auth::Claims, Option<ReqId>)> {
     let deadline = Instant::now() + Duration::from_secs(state.config().limits.auth_timeout_s);
     loop {
         let next = match tokio::time::timeout_at(deadline, ws.next()).await {
@@ -300,20 +289,27 @@ async fn await_auth(
             close_gracefully(ws, close::NOT_AUTHENTICATED, "auth required").await;
             return None;
         };
-        return match auth::authenticate_holding(state, &token).await {
-            Ok((user, db)) => Some((user, req, db)),
+        return match state.keys().verify_access(&token) {
+            Ok(claims) => Some((claims, req)),
             Err(e) => {
-                e.log();
-                let code = e.code();
-                let _ = ws.send(text_frame(req, code, e.public_message())).await;
-                if code == ErrorCode::Unavailable || code == ErrorCode::Internal {
-                    close_gracefully(ws, TRY_AGAIN_LATER, "try again later").await;
-                } else {
-                    close_gracefully(ws, close::BAD_TOKEN, "invalid token").await;
-                }
+                refuse(ws, req, e).await;
                 None
             }
         };
+    }
+}
+
+/// Answers an `auth` the server cannot accept with its error, then closes:
+/// with "try again later" when the fault is the server's (the store is down),
+/// else with "invalid token".
+async fn refuse(ws: &mut Ws, req: Option<ReqId>, e: AppError) {
+    e.log();
+    let code = e.code();
+    let _ = ws.send(text_frame(req, code, e.public_message())).await;
+    if code == ErrorCode::Unavailable || code == ErrorCode::Internal {
+        close_gracefully(ws, TRY_AGAIN_LATER, "try again later").await;
+    } else {
+        close_gracefully(ws, close::BAD_TOKEN, "invalid token").await;
     }
 }
 
