@@ -15,7 +15,10 @@
 //! exceed capacity nor assign a conversation twice. Redis only: a lost state
 //! (the ready marker gone) is rebuilt from the database on the next call,
 //! loads counted from open conversations; after a full loss heartbeats
-//! restore the agents' declared status; a rebuild leaves no stale queue.
+//! restore the agents' declared status; a rebuild leaves no stale queue; the
+//! set of agents declared online is rebuilt with the state and healed by
+//! heartbeats. Both: a consult's `intake` sees the first online agent and
+//! the queue's length.
 
 mod common;
 
@@ -24,7 +27,7 @@ use std::sync::Arc;
 
 use switchboard_protocol::PresenceStatus;
 use switchboard_server::dispatch::engine::{
-    AgentLive, AgentSpec, Assignment, Refusal, Skill, Snapshot, Strategy, TeamPlan, Ticket,
+    AgentLive, AgentSpec, Assignment, Intake, Refusal, Skill, Snapshot, Strategy, TeamPlan, Ticket,
     Waiting, LIVE_MS,
 };
 use switchboard_server::dispatch::local::LocalEngine;
@@ -78,11 +81,13 @@ conformance!(
         presence_liveness_lapses_and_heartbeat_restores,
         overdue_dequeue_and_direct_assignment,
         concurrent_drains_respect_capacity,
+        intake_sees_online_agents_and_the_queue_length,
     ],
     redis_only: [
         rebuild_from_database_after_state_loss,
         heartbeat_restores_presence_after_redis_restart,
         partial_loss_leaves_no_stale_queue,
+        the_online_set_is_rebuilt_and_healed,
     ]
 );
 
@@ -1009,6 +1014,55 @@ async fn concurrent_drains_respect_capacity(h: &Harness) {
 // ---------------------------------------------------------------------------
 // 10. Redis only: state loss, rebuilt from the database.
 
+async fn intake_sees_online_agents_and_the_queue_length(h: &Harness) {
+    setup(h, vec![(spec("a1", 1, &[]), 0), (spec("a2", 1, &[]), 0)]).await;
+    let team = ids(&["a1", "a2", "nobody"]);
+    let intake = |now: i64| {
+        let team = team.clone();
+        async move { h.engine.intake(TEAM, &team, now).await.expect("intake") }
+    };
+    assert_eq!(
+        intake(T).await,
+        Intake {
+            anyone_online: false,
+            waiting: 0
+        }
+    );
+    let p = plan(Strategy::RoundRobin);
+    for (i, conv) in ["c1", "c2", "c3"].into_iter().enumerate() {
+        assert!(drain(h, &p, Some(&ticket(conv, 0, T + i as i64, &[])), T)
+            .await
+            .is_empty());
+    }
+    assert_eq!(
+        intake(T).await,
+        Intake {
+            anyone_online: false,
+            waiting: 3
+        }
+    );
+    // Away is not online; the second agent online is seen.
+    set_status(h, &["a1"], PresenceStatus::Away, T).await;
+    online(h, &["a2"], T).await;
+    assert!(intake(T).await.anyone_online);
+    // Another team's queue and agents are not this team's.
+    assert_eq!(
+        h.engine
+            .intake("elsewhere", &ids(&["nobody"]), T)
+            .await
+            .expect("intake"),
+        Intake {
+            anyone_online: false,
+            waiting: 0
+        }
+    );
+    // Draining assigns c1 to a2 (capacity 1): two wait.
+    assert_eq!(pairs(&drain(h, &p, None, T).await), [pair("c1", "a2")]);
+    assert_eq!(intake(T).await.waiting, 2);
+    // Without a heartbeat a2 lapses to offline.
+    assert!(!intake(T + LIVE_MS + 1).await.anyone_online);
+}
+
 async fn exec(store: &Store, sql: &str, args: &[Option<String>]) {
     let mut q = sqlx::query(sql);
     for a in args {
@@ -1225,6 +1279,64 @@ async fn seed_team(store: &Store, agents: &[&str]) {
         )
         .await;
     }
+}
+
+/// The Redis engine reads only the members declared online (`P:online`):
+/// a rebuild makes that set from the agents' declared presence, and a
+/// heartbeat puts back an online agent the set lost.
+async fn the_online_set_is_rebuilt_and_healed(h: &Harness) {
+    let (url, prefix) = h.redis.clone().expect("redis harness");
+    let mut conn = redis_conn(&url).await;
+    setup(h, vec![(spec("a1", 5, &[]), 0), (spec("a2", 5, &[]), 0)]).await;
+    online(h, &["a1", "a2"], T).await;
+    set_status(h, &["a2"], PresenceStatus::Away, T).await;
+    let members = |conn: &mut ::redis::aio::MultiplexedConnection| {
+        let key = format!("{prefix}:dispatch:online");
+        let mut conn = conn.clone();
+        async move {
+            let mut got: Vec<String> = ::redis::cmd("SMEMBERS")
+                .arg(key)
+                .query_async(&mut conn)
+                .await
+                .expect("SMEMBERS");
+            got.sort();
+            got
+        }
+    };
+    assert_eq!(members(&mut conn).await, ["a1"], "away is not online");
+    // A lost state is rebuilt: the set follows the declared presence.
+    let _: i64 = ::redis::cmd("DEL")
+        .arg(format!("{prefix}:dispatch:ready"))
+        .arg(format!("{prefix}:dispatch:online"))
+        .query_async(&mut conn)
+        .await
+        .expect("DEL");
+    setup(h, vec![(spec("a1", 5, &[]), 0), (spec("a2", 5, &[]), 0)]).await;
+    assert_eq!(members(&mut conn).await, ["a1"]);
+    let p = plan(Strategy::RoundRobin);
+    assert_eq!(one(h, &p, &ticket("c1", 0, T + 1, &[]), T + 1).await, "a1");
+    // The set alone is lost: nobody is assigned until the next heartbeat.
+    let _: i64 = ::redis::cmd("DEL")
+        .arg(format!("{prefix}:dispatch:online"))
+        .query_async(&mut conn)
+        .await
+        .expect("DEL online");
+    assert!(drain(h, &p, Some(&ticket("c2", 0, T + 2, &[])), T + 2)
+        .await
+        .is_empty());
+    let declared = [
+        ("a1".to_string(), PresenceStatus::Online),
+        ("a2".to_string(), PresenceStatus::Away),
+    ];
+    h.engine
+        .heartbeat(&declared, T + 3)
+        .await
+        .expect("heartbeat");
+    assert_eq!(members(&mut conn).await, ["a1"]);
+    assert_eq!(pairs(&drain(h, &p, None, T + 3).await), [pair("c2", "a1")]);
+    // Going offline leaves the set.
+    set_status(h, &["a1"], PresenceStatus::Offline, T + 4).await;
+    assert!(members(&mut conn).await.is_empty());
 }
 
 async fn delete_all_keys(h: &Harness) {

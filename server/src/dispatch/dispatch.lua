@@ -7,6 +7,9 @@
 --   P:ready                 set once the state was rebuilt from the database
 --   P:agents, P:teams, P:tickets   sets of ids, so a rebuild can clear them
 --   P:agent:<id>            hash status, since, seen, load, cap, last, skills
+--   P:online                set of agents whose declared status is online
+--                           (a drain reads only those of a team's members:
+--                           agents off shift cost nothing per consult)
 --   P:team:<id>:members     set of agent ids
 --   P:team:<id>:q           sorted set conv -> score (priority, then time)
 --   P:team:<id>:rr          last agent of the round-robin rotation
@@ -75,6 +78,13 @@ if op == 'rebuild' then
     redis.call('HSET', key('agent', a[1]), 'cap', a[2], 'skills', a[3], 'load', a[4])
     redis.call('HSETNX', key('agent', a[1]), 'since', 0)
   end
+  -- Declared presence is kept: the online set follows the agents' hashes.
+  redis.call('DEL', key('online'))
+  for _, a in ipairs(redis.call('SMEMBERS', key('agents'))) do
+    if redis.call('HGET', key('agent', a), 'status') == 'online' then
+      redis.call('SADD', key('online'), a)
+    end
+  end
   for _, m in ipairs(snap.members) do
     redis.call('SADD', key('teams'), m[1])
     for _, id in ipairs(m[2]) do
@@ -128,6 +138,11 @@ if op == 'presence' then
   local since = num(cur[3], 0)
   if effective(cur[1], num(cur[2]), now, live) ~= ARGV[4] then since = now end
   redis.call('HSET', a, 'status', ARGV[4], 'seen', now, 'since', since)
+  if ARGV[4] == 'online' then
+    redis.call('SADD', key('online'), ARGV[3])
+  else
+    redis.call('SREM', key('online'), ARGV[3])
+  end
   redis.call('HSETNX', a, 'load', 0)
   redis.call('HSETNX', a, 'cap', 0)
   local v = redis.call('HMGET', a, 'load', 'cap')
@@ -141,8 +156,15 @@ if op == 'heartbeat' then
     local a = key('agent', ARGV[i])
     if redis.call('HEXISTS', a, 'cap') == 1 then
       redis.call('HSET', a, 'seen', now)
-      if redis.call('HGET', a, 'status') == false then
-        redis.call('HSET', a, 'status', ARGV[i + 1], 'since', now)
+      local status = redis.call('HGET', a, 'status')
+      if status == false then
+        status = ARGV[i + 1]
+        redis.call('HSET', a, 'status', status, 'since', now)
+      end
+      -- Also heals an online set that lost an agent (a state written by an
+      -- earlier version, a key evicted): within one heartbeat.
+      if status == 'online' then
+        redis.call('SADD', key('online'), ARGV[i])
       end
     end
   end
@@ -225,7 +247,9 @@ if op == 'drain' then
   end
   local out = {}
   if not open then return out end
-  local members = redis.call('SMEMBERS', key('team', team, 'members'))
+  -- Only members declared online can be eligible (SINTER walks the smaller
+  -- of the two sets).
+  local members = redis.call('SINTER', key('team', team, 'members'), key('online'))
   table.sort(members)
   local agents = {}
   for _, id in ipairs(members) do
@@ -242,6 +266,9 @@ if op == 'drain' then
       table.insert(elig, a)
     end
   end
+  -- Nobody can take one: the queue is not read (a consult into a full
+  -- team lands here, and reading the head of a long queue was most of it).
+  if #elig == 0 then return out end
   local queue = redis.call('ZRANGE', qkey, 0, SCAN - 1)
   for _, conv in ipairs(queue) do
     if #out >= max * 3 or #elig == 0 then break end
@@ -397,17 +424,22 @@ if op == 'overdue' then
   return out
 end
 
-if op == 'queue' then
-  -- ARGV: team -> flat list conv, queued. The queued time is read from the
-  -- score, not from each ticket: a long queue is read often (every position
-  -- update) and one HGET per waiting conversation dominated the script.
-  local out = {}
-  local z = redis.call('ZRANGE', key('team', ARGV[3], 'q'), 0, -1, 'WITHSCORES')
-  for i = 1, #z, 2 do
-    table.insert(out, z[i])
-    table.insert(out, queued_of(z[i + 1]))
+if op == 'intake' then
+  -- ARGV: team, now, live_ms, ids... -> {1 if one of them is online else 0,
+  -- queue length}; stops at the first online agent (unknown ids skipped),
+  -- and looks only at those declared online.
+  local now, live = num(ARGV[4]), num(ARGV[5])
+  local online = 0
+  for i = 6, #ARGV do
+    if redis.call('SISMEMBER', key('online'), ARGV[i]) == 1 then
+      local v = redis.call('HMGET', key('agent', ARGV[i]), 'status', 'seen', 'cap')
+      if v[3] and effective(v[1], num(v[2]), now, live) == 'online' then
+        online = 1
+        break
+      end
+    end
   end
-  return out
+  return {online, redis.call('ZCARD', key('team', ARGV[3], 'q'))}
 end
 
 if op == 'agents' then

@@ -8,7 +8,7 @@ use switchboard_protocol::PresenceStatus;
 
 use super::engine::{
     effective_status, eligible, pick, AgentLive, AgentSpec, Assignment, Candidate, EngineOps,
-    Refusal, Snapshot, TeamPlan, Ticket, Waiting, SCAN,
+    Intake, Refusal, Snapshot, TeamPlan, Ticket, Waiting, SCAN,
 };
 use crate::error::AppResult;
 
@@ -454,5 +454,16 @@ impl EngineOps for LocalEngine {
             .filter_map(|id| s.agents.get(id))
             .map(|a| live(a, now))
             .collect())
+    }
+
+    async fn intake(&self, team: &str, ids: &[String], now: i64) -> AppResult<Intake> {
+        let s = self.lock();
+        Ok(Intake {
+            anyone_online: ids
+                .iter()
+                .filter_map(|id| s.agents.get(id))
+                .any(|a| effective_status(a.status, a.seen, now) == PresenceStatus::Online),
+            waiting: s.teams.get(team).map_or(0, |t| t.queue.len()),
+        })
     }
 }

@@ -159,6 +159,9 @@ impl Engine {
     pub async fn agents(&self, ids: &[String], now: i64) -> AppResult<Vec<AgentLive>> {
         engine!(self, e => e.agents(ids, now).await)
     }
+    pub async fn intake(&self, team: &str, ids: &[String], now: i64) -> AppResult<engine::Intake> {
+        engine!(self, e => e.intake(team, ids, now).await)
+    }
 }
 
 /// A team's settings and its routed agents, as cached by a node.
@@ -600,21 +603,16 @@ async fn can_serve(state: &AppState, entry: &TeamEntry, now: i64) -> AppResult<b
     if !entry.team.is_open(now) {
         return Ok(false);
     }
-    let agents = state
+    let intake = state
         .dispatcher()
         .engine()
-        .agents(&entry.agents, now)
+        .intake(&entry.team.id, &entry.agents, now)
         .await?;
-    if !agents.iter().any(|a| a.status == PresenceStatus::Online) {
-        return Ok(false);
-    }
-    if let Some(max) = entry.team.max_queue {
-        let waiting = state.dispatcher().engine().queue(&entry.team.id).await?;
-        if waiting.len() >= max as usize {
-            return Ok(false);
-        }
-    }
-    Ok(true)
+    Ok(intake.anyone_online
+        && entry
+            .team
+            .max_queue
+            .is_none_or(|max| intake.waiting < max as usize))
 }
 
 /// A customer's `consult`: opens a service conversation (or returns the one
