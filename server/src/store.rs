@@ -221,6 +221,26 @@ impl Store {
     }
 }
 
+/// Inside a transaction of batch statements: on PostgreSQL, plan them with
+/// generic plans for the rest of the transaction. Why: a batch statement's
+/// text changes with the batch size, so most of its runs are a prepared
+/// statement's first five on its pooled connection, which PostgreSQL plans
+/// afresh with the parameters' values; planning 64-row statements was a fifth
+/// of PostgreSQL's time while a queue drained (dispatch's assignment batch
+/// uses it; the message committer's batches, tried too, did not move). Only
+/// for statements that look rows up by key, which a generic plan does as
+/// well. SQLite has no plan cache to steer: nothing is done.
+pub async fn generic_plans(
+    conn: &mut sqlx::AnyConnection,
+    backend: Backend,
+) -> Result<(), sqlx::Error> {
+    if backend == Backend::Postgres {
+        conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+            .await?;
+    }
+    Ok(())
+}
+
 /// Numbers the placeholders of a generated statement, in binding order:
 /// `$1, $2, …` on PostgreSQL, anonymous `?` on SQLite. Why not `$N` on SQLite
 /// too: SQLite looks each named parameter up by a linear scan, so binding the

@@ -34,7 +34,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use sqlx::{Executor, Row};
+use sqlx::Row;
 use switchboard_protocol::{
     limits, AgentState, ConversationInfo, ConversationKind, ConversationState, NoticeLevel,
     PresenceStatus, QueuedConversation, Role, ServerFrame, TeamQueue, UserRef, WatchSnapshot,
@@ -981,15 +981,7 @@ async fn store_routed(
     use crate::store::Placeholders;
     let backend = store.backend();
     let mut tx = store.write().begin().await?;
-    if backend == crate::store::Backend::Postgres {
-        // The statements' texts change with the batch size, so PostgreSQL
-        // would plan most of them afresh (a prepared statement gets a custom
-        // plan for its first five runs on each pooled connection); planning
-        // 64-row statements was a fifth of its time in a drain. The generic
-        // plans are the same primary-key look-ups and inserts.
-        tx.execute("SET LOCAL plan_cache_mode = force_generic_plan")
-            .await?;
-    }
+    crate::store::generic_plans(&mut tx, backend).await?;
     // 1. Every conversation still waiting (and not offered) becomes active
     // with its agent; its `seq` is bumped for the system message.
     let mut p = Placeholders::new(backend);
