@@ -30,6 +30,8 @@ ulimit -n "$(ulimit -Hn)"
 
 server_pid=""
 second_pid=""
+bench_db=""
+bench_data=""
 stop_server() {
     if [[ -n "$second_pid" ]]; then
         kill -TERM "$second_pid" 2>/dev/null || true
@@ -41,6 +43,16 @@ stop_server() {
         wait "$server_pid" 2>/dev/null || true
         server_pid=""
     fi
+    # A _pg run's database and Redis keys go with its servers.
+    if [[ -n "$bench_db" ]]; then
+        psql "$pg_admin" -qc "DROP DATABASE IF EXISTS $bench_db" >/dev/null 2>&1 || true
+        redis-cli --scan --pattern "$bench_db:*" | xargs -r redis-cli del >/dev/null 2>&1 || true
+        bench_db=""
+    fi
+    if [[ -n "$bench_data" ]]; then
+        rm -rf "$bench_data"
+        bench_data=""
+    fi
 }
 trap stop_server EXIT
 
@@ -50,6 +62,7 @@ start_server() {
     stop_server
     local data
     data="$(mktemp -d /tmp/sb-bench.XXXXXX)"
+    bench_data="$data"
     export SWITCHBOARD_DATA_DIR="$data" SWITCHBOARD_ADDR="127.0.0.1:$port"
     export SWITCHBOARD_RATE_PER_SEC=1000000 SWITCHBOARD_RATE_BURST=1000000
     export RUST_LOG="${BENCH_RUST_LOG:-warn}"
@@ -57,6 +70,7 @@ start_server() {
     if [[ "$1" == pg ]]; then
         local db="sbbench_$$_$RANDOM"
         psql "$pg_admin" -qc "CREATE DATABASE $db" >/dev/null
+        bench_db="$db"
         export DATABASE_URL="${pg_admin%/*}/$db" REDIS_URL="redis://127.0.0.1:6379"
         export SWITCHBOARD_REDIS_PREFIX="$db"
     fi
