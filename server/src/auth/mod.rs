@@ -21,12 +21,12 @@ pub mod identity;
 pub mod passwords;
 pub mod users;
 
+use std::sync::LazyLock;
+
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
-use std::sync::LazyLock;
-
 use sqlx::any::AnyRow;
 use sqlx::Row;
 use switchboard_protocol::{ConversationInfo, Role, UserRef};

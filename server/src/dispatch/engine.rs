@@ -129,11 +129,20 @@ pub struct Ticket {
     pub skills: Vec<Skill>,
 }
 
+/// One priority step of a queue score ([`Ticket::score`]).
+const SCORE_PRIORITY_STEP: i64 = 10_000_000_000_000;
+
 impl Ticket {
     /// Queue order: priority first, then waiting time. Exact as an f64 (what
     /// Redis sorted sets hold): at most 9e13 + 4e12 < 2^53.
     pub fn score(&self) -> i64 {
-        (9 - self.priority.clamp(0, 9)) * 10_000_000_000_000 + self.queued_at
+        (9 - self.priority.clamp(0, 9)) * SCORE_PRIORITY_STEP + self.queued_at
+    }
+
+    /// The queued time within a queue score (the inverse of [`Ticket::score`]
+    /// for the time).
+    pub fn queued_at_of(score: i64) -> i64 {
+        score.rem_euclid(SCORE_PRIORITY_STEP)
     }
 }
 

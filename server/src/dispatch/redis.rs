@@ -65,12 +65,6 @@ fn int(s: &str) -> i64 {
     s.parse::<f64>().map(|f| f as i64).unwrap_or(0)
 }
 
-/// The queued time within a queue score (`Ticket::score`:
-/// `(9 - priority) * 1e13 + queued`, exact in a double).
-fn queued_of(score: f64) -> i64 {
-    (score as i64).rem_euclid(10_000_000_000_000)
-}
-
 fn redis_error(e: redis::RedisError) -> AppError {
     tracing::warn!(error = %e, "dispatch engine: redis error");
     AppError::unavailable("the dispatch service is unreachable; try again shortly")
@@ -113,14 +107,57 @@ impl RedisEngine {
 
     /// Runs one operation; rebuilds and retries once on `NOTREADY`.
     async fn call<T: redis::FromRedisValue>(&self, op: &str, args: &[String]) -> AppResult<T> {
-        match self.invoke(op, args).await {
+        self.when_ready(|| self.invoke(op, args)).await
+    }
+
+    /// Runs a request; when it finds the state lost (`NOTREADY`), rebuilds
+    /// the state from the database and runs it once more.
+    async fn when_ready<T, F, Fut>(&self, request: F) -> AppResult<T>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, redis::RedisError>>,
+    {
+        match request().await {
             Err(e) if is_not_ready(&e) => {
                 self.rebuild(snapshot::load(&self.store).await?, now_ms())
                     .await?;
-                self.invoke(op, args).await.map_err(redis_error)
+                request().await.map_err(redis_error)
             }
             other => other.map_err(redis_error),
         }
+    }
+
+    /// A team's queue read with `ZRANGE … WITHSCORES` in a `MULTI` with the
+    /// ready marker (`NOTREADY` when the marker is gone, as the script says).
+    async fn read_queue(&self, team: &str) -> Result<Vec<Waiting>, redis::RedisError> {
+        let mut conn = self.redis_conn().await?;
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .exists(format!("{}:ready", self.prefix))
+            .zrange_withscores(format!("{}:team:{team}:q", self.prefix), 0, -1);
+        let (ready, queue): (bool, Vec<(String, f64)>) =
+            bounded(pipe.query_async(&mut conn)).await?;
+        if !ready {
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::ResponseError,
+                "NOTREADY",
+                "dispatch state must be rebuilt".to_string(),
+            )));
+        }
+        Ok(queue
+            .into_iter()
+            .map(|(conv, score)| Waiting {
+                conv,
+                queued_at: Ticket::queued_at_of(score as i64),
+            })
+            .collect())
+    }
+
+    /// [`RedisEngine::conn`] for a request that reports Redis errors.
+    async fn redis_conn(&self) -> Result<ConnectionManager, redis::RedisError> {
+        self.conn().await.map_err(|_| {
+            redis::RedisError::from((redis::ErrorKind::IoError, "cannot connect to redis"))
+        })
     }
 
     async fn invoke<T: redis::FromRedisValue>(
@@ -128,28 +165,27 @@ impl RedisEngine {
         op: &str,
         args: &[String],
     ) -> Result<T, redis::RedisError> {
-        let mut conn = match self.conn().await {
-            Ok(c) => c,
-            Err(_) => {
-                return Err(redis::RedisError::from((
-                    redis::ErrorKind::IoError,
-                    "cannot connect to redis",
-                )))
-            }
-        };
+        let mut conn = self.redis_conn().await?;
         let mut inv = self.script.prepare_invoke();
         inv.arg(op).arg(&self.prefix);
         for a in args {
             inv.arg(a);
         }
-        // Bounded whatever the connection does (reconnects included).
-        match tokio::time::timeout(REDIS_TIMEOUT, inv.invoke_async(&mut conn)).await {
-            Ok(r) => r,
-            Err(_) => Err(redis::RedisError::from((
-                redis::ErrorKind::IoError,
-                "redis did not answer in time",
-            ))),
-        }
+        bounded(inv.invoke_async(&mut conn)).await
+    }
+}
+
+/// A Redis request bounded by [`REDIS_TIMEOUT`] whatever the connection
+/// does (reconnects included).
+async fn bounded<T>(
+    request: impl std::future::Future<Output = Result<T, redis::RedisError>>,
+) -> Result<T, redis::RedisError> {
+    match tokio::time::timeout(REDIS_TIMEOUT, request).await {
+        Ok(r) => r,
+        Err(_) => Err(redis::RedisError::from((
+            redis::ErrorKind::IoError,
+            "redis did not answer in time",
+        ))),
     }
 }
 
@@ -383,45 +419,14 @@ impl EngineOps for RedisEngine {
         Ok(waiting(flat))
     }
 
-    /// Read with `ZRANGE … WITHSCORES` in a `MULTI` with the ready flag,
-    /// not through the script: the announcer reads every queue it tells
+    /// Read with `ZRANGE … WITHSCORES` ([`RedisEngine::read_queue`]), not
+    /// through the script: the announcer reads every queue it tells
     /// positions from on every change, and in the script each score was
     /// formatted as a Lua string, parsed back and formatted again (with
     /// 10,000 waiting, that conversion was most of Redis's time while
     /// customers consulted). Still one round trip, and still atomic.
     async fn queue(&self, team: &str) -> AppResult<Vec<Waiting>> {
-        for attempt in 0..2 {
-            let mut conn = self.conn().await?;
-            let mut pipe = redis::pipe();
-            pipe.atomic()
-                .exists(format!("{}:ready", self.prefix))
-                .zrange_withscores(format!("{}:team:{team}:q", self.prefix), 0, -1);
-            let read = pipe.query_async::<(bool, Vec<(String, f64)>)>(&mut conn);
-            let (ready, queue) = match tokio::time::timeout(REDIS_TIMEOUT, read).await {
-                Ok(r) => r.map_err(redis_error)?,
-                Err(_) => {
-                    return Err(AppError::unavailable(
-                        "the dispatch service did not answer in time",
-                    ))
-                }
-            };
-            if ready {
-                return Ok(queue
-                    .into_iter()
-                    .map(|(conv, score)| Waiting {
-                        conv,
-                        queued_at: queued_of(score),
-                    })
-                    .collect());
-            }
-            if attempt == 0 {
-                self.rebuild(snapshot::load(&self.store).await?, now_ms())
-                    .await?;
-            }
-        }
-        Err(AppError::unavailable(
-            "the dispatch service is unreachable; try again shortly",
-        ))
+        self.when_ready(|| self.read_queue(team)).await
     }
 
     async fn agents(&self, ids: &[String], now: i64) -> AppResult<Vec<AgentLive>> {
