@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use common::dispatch::*;
@@ -93,6 +94,27 @@ async fn done_means_scenario(backend: Backend) {
     assert_eq!(agents.iter().filter(|a| **a == a2).count(), 2, "{agents:?}");
     assert_ne!(agents[0], agents[1]);
     assert_eq!(agents[0], agents[2]);
+    // The watcher's `presence` deltas are coalesced (at most one per agent
+    // every 100 ms) and end at each agent's latest load: two.
+    let mut full: HashSet<String> = HashSet::new();
+    while full.len() < 2 {
+        if let ServerFrame::Presence {
+            user,
+            load: Some(load),
+            ..
+        } = expect(&mut sup, "presence deltas with load 2", |f| {
+            matches!(f, ServerFrame::Presence { .. })
+        })
+        .await
+        {
+            assert!(load <= 2, "{user} above its capacity: {load}");
+            if load == 2 {
+                full.insert(user);
+            } else {
+                full.remove(&user);
+            }
+        }
+    }
 
     let (_, token5) = s.server.quick_customer(&s.admin_token, "客户5").await;
     let mut c5 = s.server.client(&token5).await;

@@ -188,8 +188,11 @@ impl RedisBus {
             }
         };
         for payload in messages {
+            // The channel echoes this node's own messages: skipped unread.
+            if BusMessage::origin_of(payload) == Some(self.node_id.as_str()) {
+                continue;
+            }
             match BusMessage::decode(payload) {
-                Ok(msg) if msg.origin == self.node_id => {}
                 Ok(msg) => {
                     let lag = (now_ms() - msg.sent_at).max(0) as f64 / 1000.0;
                     self.metrics

@@ -71,6 +71,12 @@ const SLOW_TICKS: u32 = 40;
 /// consults or assignments sends each waiting customer one update, not one per
 /// change, while the customer still sees it immediately.
 const NOTIFY_DELAY: Duration = Duration::from_millis(50);
+/// An agent's `presence` delta goes out at most this often. Why 100 ms: a
+/// draining queue changes each agent's load many times a second, and each
+/// change was a frame to the agent and to every watcher of its teams (and a
+/// bus message); a supervisor's view needs the latest load, not every step.
+/// A change after a quiet spell goes out at once.
+const PRESENCE_EVERY: Duration = Duration::from_millis(100);
 /// Assignments per engine call. Why 64: a freed capacity rarely admits more;
 /// a large backlog drains in steps that keep each script call short.
 const DRAIN_MAX: usize = 64;
@@ -194,6 +200,10 @@ pub struct Dispatcher {
     told: Mutex<HashMap<String, HashMap<String, Told>>>,
     /// Agent → its teams, reused for [`TEAM_CACHE`].
     agent_teams: Mutex<HashMap<String, (Instant, Vec<String>)>>,
+    /// Agents whose status or load changed since their last `presence`
+    /// delta: sent together by one task (see [`PRESENCE_EVERY`]).
+    presence_dirty: Mutex<HashSet<String>>,
+    presence_notify: Notify,
 }
 
 /// Conversation → customer entries kept at most. Why 100k: a few MB; past it
@@ -212,6 +222,8 @@ impl Dispatcher {
             customers: Mutex::new(HashMap::new()),
             told: Mutex::new(HashMap::new()),
             agent_teams: Mutex::new(HashMap::new()),
+            presence_dirty: Mutex::new(HashSet::new()),
+            presence_notify: Notify::new(),
         }
     }
 
@@ -338,6 +350,31 @@ pub async fn start(
                     _ = ticker.tick() => {}
                 }
                 if let Err(e) = heartbeat(&state).await {
+                    e.log();
+                }
+            }
+        });
+    }
+    {
+        let state = state.clone();
+        let cancel = cancel.clone();
+        tracker.spawn(async move {
+            let d = state.dispatcher();
+            let mut last = tokio::time::Instant::now() - PRESENCE_EVERY;
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = d.presence_notify.notified() => {}
+                }
+                tokio::time::sleep_until(last + PRESENCE_EVERY).await;
+                last = tokio::time::Instant::now();
+                let agents: Vec<String> = d
+                    .presence_dirty
+                    .lock()
+                    .expect("presence lock")
+                    .drain()
+                    .collect();
+                if let Err(e) = tell_presence(&state, &agents).await {
                     e.log();
                 }
             }
@@ -967,7 +1004,8 @@ async fn activate_routed(state: &AppState, assignments: Vec<Assignment>) -> AppR
         deliver_message(state, msg);
         deliver_conversation(state, info, &[]);
     }
-    presence_changed_many(state, &agents).await
+    presence_changed_many(state, &agents);
+    Ok(())
 }
 
 /// The write of [`activate_routed`]: returns each conversation that was
@@ -1293,7 +1331,7 @@ async fn activate(state: &AppState, conv: &str, agent: &str, how: How<'_>) -> Ap
     deliver_conversation(state, &info, previous.as_slice());
     let mut agents = vec![agent.to_string()];
     agents.extend(previous.map(str::to_string));
-    presence_changed_many(state, &agents).await?;
+    presence_changed_many(state, &agents);
     Ok(true)
 }
 
@@ -1381,22 +1419,31 @@ pub fn staff_disconnected(state: &AppState, user: &str) {
         if state2.registry().is_connected(&user) {
             return;
         }
-        if let Err(e) = presence_changed(&state2, &user).await {
-            e.log();
-        }
+        presence_changed(&state2, &user);
     });
 }
 
-/// Tells the agent's other tabs and its teams' watchers its status and load.
-async fn presence_changed(state: &AppState, agent: &str) -> AppResult<()> {
-    presence_changed_many(state, &[agent.to_string()]).await
+/// The agent's other tabs and its teams' watchers are told its status and
+/// load, within [`PRESENCE_EVERY`].
+fn presence_changed(state: &AppState, agent: &str) {
+    presence_changed_many(state, std::slice::from_ref(&agent.to_string()));
 }
 
-/// [`presence_changed`] for several agents, with one engine call.
-async fn presence_changed_many(state: &AppState, agents: &[String]) -> AppResult<()> {
+/// [`presence_changed`] for several agents.
+fn presence_changed_many(state: &AppState, agents: &[String]) {
     if agents.is_empty() {
-        return Ok(());
+        return;
     }
+    let d = state.dispatcher();
+    d.presence_dirty
+        .lock()
+        .expect("presence lock")
+        .extend(agents.iter().cloned());
+    d.presence_notify.notify_one();
+}
+
+/// Sends the agents' current status and load, read with one engine call.
+async fn tell_presence(state: &AppState, agents: &[String]) -> AppResult<()> {
     let live = state.dispatcher().engine().agents(agents, now_ms()).await?;
     for a in live {
         let frame = ServerFrame::Presence {
@@ -1431,7 +1478,7 @@ pub async fn presence(state: &AppState, user: &UserRef, status: PresenceStatus) 
         .engine()
         .presence(&user.id, status, now_ms())
         .await?;
-    presence_changed(state, &user.id).await?;
+    presence_changed(state, &user.id);
     if status == PresenceStatus::Online {
         drain_teams_of(state, &user.id).await?;
         // Left messages of its teams can be served now.
@@ -1587,7 +1634,7 @@ pub async fn transfer(
             state.fanout().members_removed(conv, vec![previous.clone()]);
             deliver_message(state, &msg);
             announce(state, conv, &[&previous]).await?;
-            presence_changed(state, &previous).await?;
+            presence_changed(state, &previous);
             let ticket = Ticket {
                 conv: conv.to_string(),
                 team: team.id.clone(),
@@ -1674,7 +1721,7 @@ async fn close_conversation(
         );
     }
     if let Some(agent) = svc.agent.as_ref().or(svc.offered_to.as_ref()) {
-        presence_changed(state, agent).await?;
+        presence_changed(state, agent);
         drain_teams_of(state, agent).await?;
     }
     if let Some(team) = &svc.team {
@@ -1819,7 +1866,7 @@ pub async fn assign(state: &AppState, user: &UserRef, conv: &str, agent: &str) -
     if let Some(offered) = svc.offered_to.as_deref().filter(|o| *o != agent) {
         // The offer is withdrawn: its holder learns the conversation went elsewhere.
         announce(state, conv, &[offered]).await?;
-        presence_changed(state, offered).await?;
+        presence_changed(state, offered);
     }
     if let Some(team) = &svc.team {
         d.touch(team);
@@ -2314,7 +2361,7 @@ async fn agent_changed_quiet(state: &AppState, user: &str) -> AppResult<()> {
 /// After an agent's skills or max concurrency changed.
 pub async fn agent_changed(state: &AppState, user: &str) -> AppResult<()> {
     agent_changed_quiet(state, user).await?;
-    presence_changed(state, user).await?;
+    presence_changed(state, user);
     drain_teams_of(state, user).await
 }
 
