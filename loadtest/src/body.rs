@@ -99,6 +99,34 @@ fn scan_message_event(text: &str) -> Option<MessageEvent> {
     Some(MessageEvent { seq, tag })
 }
 
+/// A `conversation` event, reduced to what an agent of the `dispatch`
+/// scenario looks at.
+#[derive(Debug, serde::Deserialize)]
+pub(crate) struct ConversationEvent {
+    pub(crate) id: String,
+    pub(crate) state: switchboard_protocol::ConversationState,
+    #[serde(default)]
+    pub(crate) agent: Option<String>,
+    #[serde(default)]
+    pub(crate) offered_to: Option<String>,
+}
+
+/// Reads a `conversation` event into a plain struct: `None` for any other
+/// frame. Why not [`classify`]: `ServerFrame` is a tagged enum, which serde
+/// buffers whole before decoding it, and in a drained backlog the agents
+/// read two such frames per assignment, which made the tool as busy as a
+/// server node.
+pub(crate) fn conversation_event(text: &str) -> Option<ConversationEvent> {
+    #[derive(serde::Deserialize)]
+    struct Event {
+        conv: ConversationEvent,
+    }
+    if !text.starts_with(r#"{"type":"conversation","#) {
+        return None;
+    }
+    serde_json::from_str::<Event>(text).ok().map(|e| e.conv)
+}
+
 /// The start of a frame, for error messages.
 pub(crate) fn clip(text: &str) -> &str {
     let mut end = text.len().min(200);
@@ -133,6 +161,37 @@ mod tests {
             },
         }
         .to_json()
+    }
+
+    #[test]
+    fn conversation_events_are_read_and_other_frames_are_not() {
+        use switchboard_protocol::{ConversationInfo, ConversationKind, ConversationState};
+        let frame = ServerFrame::Conversation {
+            conv: ConversationInfo {
+                id: "cv_1".into(),
+                kind: ConversationKind::Service,
+                state: ConversationState::Active,
+                title: None,
+                team: Some("t_1".into()),
+                agent: Some("u_客服".into()),
+                customer: Some("u_2".into()),
+                last_seq: 3,
+                last_read_seq: 0,
+                created_at: 1,
+                topic: Some("退款".into()),
+                offered_to: None,
+                offer_expires_at: None,
+                pending: false,
+            },
+        }
+        .to_json();
+        let ev = conversation_event(&frame).expect("a conversation event");
+        assert_eq!(ev.id, "cv_1");
+        assert_eq!(ev.state, ConversationState::Active);
+        assert_eq!(ev.agent.as_deref(), Some("u_客服"));
+        assert_eq!(ev.offered_to, None);
+        assert!(conversation_event(&event(1, "hi", "a")).is_none());
+        assert!(conversation_event(r#"{"type":"conversation","conv":{}}"#).is_none());
     }
 
     #[test]

@@ -477,6 +477,12 @@ type Outbox = (mpsc::Sender<ClientFrame>, mpsc::Receiver<ClientFrame>);
 /// One agent: takes every conversation the server gives it, then closes it
 /// when `close` (else keeps it). Frames put into `outbox` by others (the
 /// backlog's `presence`) are sent too.
+/// What an agent's connection acts on.
+enum AgentFrame {
+    Conversation(body::ConversationEvent),
+    Error(ErrorCode, String),
+}
+
 async fn agent_loop(
     ws: Ws,
     me: String,
@@ -506,11 +512,21 @@ async fn agent_loop(
             text = client::next_text(&mut stream, &shared.stats) => text,
         };
         let Some(text) = text else { break };
-        let Ok(Incoming::Frame(frame)) = body::classify(&text) else {
-            continue;
+        // An agent acts on `conversation` events and errors only: the rest
+        // (its messages, presence) is not decoded at all.
+        let frame = match body::conversation_event(&text) {
+            Some(conv) => AgentFrame::Conversation(conv),
+            None if text.starts_with(r#"{"type":"error","#) => match body::classify(&text) {
+                Ok(Incoming::Frame(f)) => match *f {
+                    ServerFrame::Error { code, message, .. } => AgentFrame::Error(code, message),
+                    _ => continue,
+                },
+                _ => continue,
+            },
+            None => continue,
         };
-        match *frame {
-            ServerFrame::Conversation { conv }
+        match frame {
+            AgentFrame::Conversation(conv)
                 if conv.agent.as_deref() == Some(me.as_str())
                     || conv.offered_to.as_deref() == Some(me.as_str()) =>
             {
@@ -548,7 +564,7 @@ async fn agent_loop(
                     _ => {}
                 }
             }
-            ServerFrame::Error { code, message, .. } => {
+            AgentFrame::Error(code, message) => {
                 shared.stats.error_reply(code);
                 if code == ErrorCode::Unavailable {
                     shared.unavailable("accept/close", &message);
