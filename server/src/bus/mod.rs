@@ -102,7 +102,9 @@ const QUEUE: u8 = 3;
 /// re-serialized on the way.
 impl BusMessage {
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(64 + self.frame_len());
+        // Why 160: the version, the origin, the time, the kind and two ids
+        // fit, so a delivery is one allocation.
+        let mut out = Vec::with_capacity(160 + self.frame_len());
         out.push(ENCODING);
         put_str(&mut out, &self.origin);
         out.extend_from_slice(&self.sent_at.to_be_bytes());
@@ -279,8 +281,9 @@ const MAX_PACKET: usize = 512 * 1024;
 /// packet of hundreds, and dispatch publishes a dozen small messages per
 /// assignment.
 pub fn pack(messages: &[Vec<u8>]) -> Vec<Vec<u8>> {
+    let total: usize = messages.iter().map(|m| 4 + m.len()).sum();
     let mut packets = Vec::new();
-    let mut packet: Vec<u8> = Vec::new();
+    let mut packet: Vec<u8> = Vec::with_capacity(total.min(MAX_PACKET));
     for m in messages {
         if !packet.is_empty() && packet.len() + 4 + m.len() > MAX_PACKET {
             packets.push(std::mem::take(&mut packet));

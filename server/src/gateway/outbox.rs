@@ -91,6 +91,8 @@ pub struct Outbox {
 #[derive(Default)]
 struct State {
     frames: VecDeque<Utf8Bytes>,
+    /// Payload bytes of `frames`.
+    bytes: usize,
     closed: bool,
 }
 
@@ -115,6 +117,7 @@ impl Outbox {
             if state.frames.len() >= self.capacity {
                 return Push::Full;
             }
+            state.bytes += frame.len();
             state.frames.push_back(frame);
             state.frames.len() == 1
         };
@@ -129,10 +132,20 @@ impl Outbox {
         Push::Queued
     }
 
+    /// How many frames are queued, and their payload bytes: the writer
+    /// sizes its batch buffer once instead of growing it frame by frame.
+    pub fn queued(&self) -> (usize, usize) {
+        let state = self.state.lock().expect("outbox lock poisoned");
+        (state.frames.len(), state.bytes)
+    }
+
     /// The next queued frame, if any.
     pub fn pop(&self) -> Option<Utf8Bytes> {
         let mut state = self.state.lock().expect("outbox lock poisoned");
         let frame = state.frames.pop_front();
+        if let Some(f) = &frame {
+            state.bytes -= f.len();
+        }
         if state.frames.is_empty() && state.frames.capacity() > KEEP_CAPACITY {
             state.frames = VecDeque::new();
         }
@@ -172,6 +185,7 @@ impl Outbox {
         let mut state = self.state.lock().expect("outbox lock poisoned");
         state.closed = true;
         state.frames = VecDeque::new();
+        state.bytes = 0;
     }
 
     /// Frames queued now.
@@ -219,14 +233,21 @@ mod tests {
         }
         assert_eq!(q.push(frame(3)), Push::Full);
         assert_eq!(q.len(), 3);
+        assert_eq!(
+            q.queued(),
+            (3, 3 * "frame 0".len()),
+            "a refused frame is not counted"
+        );
         assert_eq!(q.pop(), Some(frame(0)));
         assert_eq!(q.push(frame(4)), Push::Queued);
         let rest: Vec<_> = std::iter::from_fn(|| q.pop()).collect();
         assert_eq!(rest, [frame(1), frame(2), frame(4)]);
         assert!(q.is_empty());
+        assert_eq!(q.queued(), (0, 0));
         q.push(frame(5));
         q.close();
         assert!(q.is_empty(), "closing drops what was queued");
+        assert_eq!(q.queued(), (0, 0));
         assert_eq!(q.push(frame(6)), Push::Closed);
     }
 
