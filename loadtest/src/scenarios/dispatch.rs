@@ -474,15 +474,15 @@ async fn go_online(ws: &mut Ws, stats: &Stats) -> anyhow::Result<()> {
 /// The sending end and the queue of an agent's writer.
 type Outbox = (mpsc::Sender<ClientFrame>, mpsc::Receiver<ClientFrame>);
 
-/// One agent: takes every conversation the server gives it, then closes it
-/// when `close` (else keeps it). Frames put into `outbox` by others (the
-/// backlog's `presence`) are sent too.
 /// What an agent's connection acts on.
 enum AgentFrame {
     Conversation(body::ConversationEvent),
     Error(ErrorCode, String),
 }
 
+/// One agent: takes every conversation the server gives it, then closes it
+/// when `close` (else keeps it). Frames put into `outbox` by others (the
+/// backlog's `presence`) are sent too.
 async fn agent_loop(
     ws: Ws,
     me: String,
@@ -514,16 +514,18 @@ async fn agent_loop(
         let Some(text) = text else { break };
         // An agent acts on `conversation` events and errors only: the rest
         // (its messages, presence) is not decoded at all.
-        let frame = match body::conversation_event(&text) {
-            Some(conv) => AgentFrame::Conversation(conv),
-            None if text.starts_with(r#"{"type":"error","#) => match body::classify(&text) {
-                Ok(Incoming::Frame(f)) => match *f {
-                    ServerFrame::Error { code, message, .. } => AgentFrame::Error(code, message),
-                    _ => continue,
-                },
-                _ => continue,
-            },
-            None => continue,
+        let frame = if let Some(conv) = body::conversation_event(&text) {
+            AgentFrame::Conversation(conv)
+        } else if text.starts_with(r#"{"type":"error","#) {
+            let Ok(Incoming::Frame(f)) = body::classify(&text) else {
+                continue;
+            };
+            let ServerFrame::Error { code, message, .. } = *f else {
+                continue;
+            };
+            AgentFrame::Error(code, message)
+        } else {
+            continue;
         };
         match frame {
             AgentFrame::Conversation(conv)

@@ -367,13 +367,17 @@ pub async fn start(
                     _ = d.presence_notify.notified() => {}
                 }
                 tokio::time::sleep_until(last + PRESENCE_EVERY).await;
-                last = tokio::time::Instant::now();
                 let agents: Vec<String> = d
                     .presence_dirty
                     .lock()
                     .expect("presence lock")
                     .drain()
                     .collect();
+                // A wake-up whose agents an earlier round already sent.
+                if agents.is_empty() {
+                    continue;
+                }
+                last = tokio::time::Instant::now();
                 if let Err(e) = tell_presence(&state, &agents).await {
                     e.log();
                 }
@@ -1426,7 +1430,7 @@ pub fn staff_disconnected(state: &AppState, user: &str) {
 /// The agent's other tabs and its teams' watchers are told its status and
 /// load, within [`PRESENCE_EVERY`].
 fn presence_changed(state: &AppState, agent: &str) {
-    presence_changed_many(state, std::slice::from_ref(&agent.to_string()));
+    presence_changed_many(state, &[agent.to_string()]);
 }
 
 /// [`presence_changed`] for several agents.
