@@ -71,6 +71,11 @@ impl Fanout {
         self.publish(Envelope::QueueChanged { teams });
     }
 
+    /// Tells the other nodes that these teams' settings or members changed.
+    pub fn teams_changed(&self, teams: Vec<String>) {
+        self.publish(Envelope::TeamsChanged { teams });
+    }
+
     /// Users joined a conversation: every node indexes their connections.
     pub fn members_added(&self, conv: &str, users: Vec<String>) {
         self.registry.join_many(conv, &users);
@@ -110,7 +115,7 @@ impl Fanout {
             Envelope::MembersAdded { conv, users } => self.registry.join_many(&conv, &users),
             Envelope::MembersRemoved { conv, users } => self.registry.leave_many(&conv, &users),
             // The dispatcher's (see `AppState::apply_bus_message`).
-            Envelope::QueueChanged { .. } => {}
+            Envelope::QueueChanged { .. } | Envelope::TeamsChanged { .. } => {}
         }
     }
 }

@@ -167,6 +167,11 @@ impl AppState {
             crate::bus::Envelope::QueueChanged { teams } => {
                 self.dispatcher().queues_changed_elsewhere(teams)
             }
+            crate::bus::Envelope::TeamsChanged { teams } => {
+                for team in &teams {
+                    self.dispatcher().invalidate(team);
+                }
+            }
             _ => self.inner.fanout.apply(msg),
         }
     }

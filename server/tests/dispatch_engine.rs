@@ -1016,13 +1016,11 @@ async fn concurrent_drains_respect_capacity(h: &Harness) {
 
 async fn intake_sees_online_agents_and_the_queue_length(h: &Harness) {
     setup(h, vec![(spec("a1", 1, &[]), 0), (spec("a2", 1, &[]), 0)]).await;
-    let team = ids(&["a1", "a2", "nobody"]);
-    let intake = |now: i64| {
-        let team = team.clone();
-        async move { h.engine.intake(TEAM, &team, now).await.expect("intake") }
+    let intake = |team: &'static str, now: i64| async move {
+        h.engine.intake(team, now).await.expect("intake")
     };
     assert_eq!(
-        intake(T).await,
+        intake(TEAM, T).await,
         Intake {
             anyone_online: false,
             waiting: 0
@@ -1035,7 +1033,7 @@ async fn intake_sees_online_agents_and_the_queue_length(h: &Harness) {
             .is_empty());
     }
     assert_eq!(
-        intake(T).await,
+        intake(TEAM, T).await,
         Intake {
             anyone_online: false,
             waiting: 3
@@ -1044,23 +1042,29 @@ async fn intake_sees_online_agents_and_the_queue_length(h: &Harness) {
     // Away is not online; the second agent online is seen.
     set_status(h, &["a1"], PresenceStatus::Away, T).await;
     online(h, &["a2"], T).await;
-    assert!(intake(T).await.anyone_online);
-    // Another team's queue and agents are not this team's.
-    assert_eq!(
-        h.engine
-            .intake("elsewhere", &ids(&["nobody"]), T)
-            .await
-            .expect("intake"),
-        Intake {
-            anyone_online: false,
-            waiting: 0
-        }
-    );
+    assert!(intake(TEAM, T).await.anyone_online);
+    // Another team's queue and members are not this team's: an online
+    // agent counts only once the engine holds it as a member.
+    let elsewhere = Intake {
+        anyone_online: false,
+        waiting: 0,
+    };
+    assert_eq!(intake("elsewhere", T).await, elsewhere);
+    h.engine
+        .set_members("elsewhere", ids(&["a1"]))
+        .await
+        .expect("members");
+    assert_eq!(intake("elsewhere", T).await, elsewhere);
+    h.engine
+        .set_members("elsewhere", ids(&["a1", "a2"]))
+        .await
+        .expect("members");
+    assert!(intake("elsewhere", T).await.anyone_online);
     // Draining assigns c1 to a2 (capacity 1): two wait.
     assert_eq!(pairs(&drain(h, &p, None, T).await), [pair("c1", "a2")]);
-    assert_eq!(intake(T).await.waiting, 2);
+    assert_eq!(intake(TEAM, T).await.waiting, 2);
     // Without a heartbeat a2 lapses to offline.
-    assert!(!intake(T + LIVE_MS + 1).await.anyone_online);
+    assert!(!intake(TEAM, T + LIVE_MS + 1).await.anyone_online);
 }
 
 async fn exec(store: &Store, sql: &str, args: &[Option<String>]) {

@@ -23,6 +23,7 @@ use switchboard_protocol::{
 
 on_both_backends!(
     two_nodes_200_customers,
+    team_change_on_one_node_reaches_the_other,
     offer_mode_times_out_to_next_agent,
     transfer_to_agent_and_team,
     left_message_then_served,
@@ -97,6 +98,55 @@ async fn send_text(c: &mut Client, conv: &str, id: &str, body: &str) -> ServerFr
         attachment: None,
     })
     .await
+}
+
+// ---------------------------------------------------------------------------
+// 0. A team's members added through one node are the other node's at once.
+
+/// Node B looks at a team (caching it) before its first agent is added
+/// through node A; a customer consulting through node B right after is
+/// queued and served, not taken for a left message because node B still
+/// believed the team had nobody (seen in CI: 100 of 200 customers, all
+/// those of one node, became left messages), and node B's next `watch`
+/// lists the new agent.
+async fn team_change_on_one_node_reaches_the_other(backend: Backend) {
+    let cluster = Cluster::new(backend).await;
+    cluster.seed_user(ADMIN, ADMIN_PASSWORD, Role::Admin).await;
+    let node_a = cluster.start("node-a").await;
+    let node_b = cluster.start("node-b").await;
+    let admin = node_a.token(ADMIN, ADMIN_PASSWORD).await;
+    let team = create_team(
+        &node_a,
+        &admin,
+        json!({"name": "售后", "max_concurrency": 2, "default": true}),
+    )
+    .await;
+    node_a.create_staff(&admin, "sup", "supervisor").await;
+    let agent_id = node_a.create_staff(&admin, "agent-1", "agent").await;
+    let sup_token = node_b.token("sup", "sup-password").await;
+    let agent_token = node_a.token("agent-1", "agent-1-password").await;
+    let (_, customer_token) = node_b.quick_customer(&admin, "小王").await;
+    let mut sup = node_b.client(&sup_token).await;
+    let mut agent = node_a.client(&agent_token).await;
+    let mut customer = node_b.client(&customer_token).await;
+
+    // Node B reads the team while it has no members.
+    let before = watch_team(&mut sup, &team).await;
+    assert!(before.agents.is_empty(), "{before:?}");
+
+    add_member(&node_a, &admin, &team, &agent_id).await;
+    go_online(&mut agent).await;
+    let conv = consult_with(&mut customer, None, None, None).await;
+    let first = conversation_where(&mut customer, &conv, "the consult", |_| true).await;
+    assert!(
+        !first.pending,
+        "taken for a left message with an agent online: {first:?}"
+    );
+    assert_eq!(assigned_agent(&mut customer, &conv).await, agent_id);
+
+    let after = watch_team(&mut sup, &team).await;
+    let listed: Vec<&str> = after.agents.iter().map(|a| a.user.as_str()).collect();
+    assert_eq!(listed, [agent_id.as_str()], "{after:?}");
 }
 
 // ---------------------------------------------------------------------------

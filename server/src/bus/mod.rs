@@ -64,6 +64,10 @@ pub enum Envelope {
     /// customers and watchers their positions. One small message instead of
     /// one per waiting customer, whose connection may be on any node.
     QueueChanged { teams: Vec<String> },
+    /// These teams' settings or members changed: each node forgets what it
+    /// cached of them (without this a node served consults from a stale
+    /// member list for up to the cache's lifetime).
+    TeamsChanged { teams: Vec<String> },
 }
 
 /// An envelope with where and when it was published.
@@ -86,6 +90,7 @@ const DELIVER: u8 = 0;
 const ADDED: u8 = 1;
 const REMOVED: u8 = 2;
 const QUEUE: u8 = 3;
+const TEAMS: u8 = 4;
 
 /// The binary encoding of a [`BusMessage`]:
 ///
@@ -93,7 +98,7 @@ const QUEUE: u8 = 3;
 /// `str` is its length (u32, big-endian) then its UTF-8 bytes. A delivery's
 /// fields are `target u8 · id str · exclude u8 · [id str]` followed by the
 /// frame's bytes, raw, to the end; the other kinds carry `conv str` (not
-/// for `QUEUE`) and a list (`count u32 · str…`).
+/// for `QUEUE` and `TEAMS`) and a list (`count u32 · str…`).
 ///
 /// Why binary rather than JSON: every node decodes every message on the
 /// channel, and during a dispatch drain the JSON header (a flattened,
@@ -143,6 +148,10 @@ impl BusMessage {
             }
             Envelope::QueueChanged { teams } => {
                 out.push(QUEUE);
+                put_list(&mut out, teams);
+            }
+            Envelope::TeamsChanged { teams } => {
+                out.push(TEAMS);
                 put_list(&mut out, teams);
             }
         }
@@ -208,6 +217,7 @@ impl BusMessage {
                 }
             }
             QUEUE => Envelope::QueueChanged { teams: r.list()? },
+            TEAMS => Envelope::TeamsChanged { teams: r.list()? },
             k => return Err(format!("bus message: unknown kind {k}")),
         };
         if !matches!(envelope, Envelope::Deliver { .. }) && !r.0.is_empty() {
@@ -389,6 +399,9 @@ mod tests {
             },
             Envelope::QueueChanged {
                 teams: vec!["t_1".into(), "t_2".into()],
+            },
+            Envelope::TeamsChanged {
+                teams: vec!["t_3".into()],
             },
         ] {
             let msg = BusMessage {

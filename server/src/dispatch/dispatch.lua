@@ -425,18 +425,16 @@ if op == 'overdue' then
 end
 
 if op == 'intake' then
-  -- ARGV: team, now, live_ms, ids... -> {1 if one of them is online else 0,
-  -- queue length}; stops at the first online agent (unknown ids skipped),
-  -- and looks only at those declared online.
+  -- ARGV: team, now, live_ms -> {1 if one of the team's members is online
+  -- else 0, queue length}; looks only at the members declared online (as
+  -- the drain does) and stops at the first whose heartbeat is recent.
   local now, live = num(ARGV[4]), num(ARGV[5])
   local online = 0
-  for i = 6, #ARGV do
-    if redis.call('SISMEMBER', key('online'), ARGV[i]) == 1 then
-      local v = redis.call('HMGET', key('agent', ARGV[i]), 'status', 'seen', 'cap')
-      if v[3] and effective(v[1], num(v[2]), now, live) == 'online' then
-        online = 1
-        break
-      end
+  for _, id in ipairs(redis.call('SINTER', key('team', ARGV[3], 'members'), key('online'))) do
+    local v = redis.call('HMGET', key('agent', id), 'status', 'seen', 'cap')
+    if v[3] and effective(v[1], num(v[2]), now, live) == 'online' then
+      online = 1
+      break
     end
   end
   return {online, redis.call('ZCARD', key('team', ARGV[3], 'q'))}

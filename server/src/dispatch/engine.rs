@@ -354,10 +354,13 @@ pub trait EngineOps {
     async fn queue(&self, team: &str) -> AppResult<Vec<Waiting>>;
     /// Agents as they are now (unknown ids are skipped).
     async fn agents(&self, ids: &[String], now: i64) -> AppResult<Vec<AgentLive>>;
-    /// Whether one of the agents `ids` is online, and the length of the
-    /// team's queue: what every consult checks, in one look that stops at
-    /// the first online agent and does not read the queue (with 100 agents
-    /// and 10,000 waiting, reading both whole was most of a consult's cost
-    /// in Redis).
-    async fn intake(&self, team: &str, ids: &[String], now: i64) -> AppResult<Intake>;
+    /// Whether one of the team's members (as the engine holds them, the same
+    /// for every node) is online, and the length of the team's queue: what
+    /// every consult checks, in one look that stops at the first online
+    /// agent and does not read the queue (with 100 agents and 10,000
+    /// waiting, reading both whole was most of a consult's cost in Redis).
+    /// Not a node's cached member list: a node that cached the team before
+    /// its members were added on another node took every consult for a
+    /// left message until the cache expired.
+    async fn intake(&self, team: &str, now: i64) -> AppResult<Intake>;
 }

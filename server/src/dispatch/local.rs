@@ -456,14 +456,21 @@ impl EngineOps for LocalEngine {
             .collect())
     }
 
-    async fn intake(&self, team: &str, ids: &[String], now: i64) -> AppResult<Intake> {
+    async fn intake(&self, team: &str, now: i64) -> AppResult<Intake> {
         let s = self.lock();
+        let Some(t) = s.teams.get(team) else {
+            return Ok(Intake {
+                anyone_online: false,
+                waiting: 0,
+            });
+        };
         Ok(Intake {
-            anyone_online: ids
+            anyone_online: t
+                .members
                 .iter()
                 .filter_map(|id| s.agents.get(id))
                 .any(|a| effective_status(a.status, a.seen, now) == PresenceStatus::Online),
-            waiting: s.teams.get(team).map_or(0, |t| t.queue.len()),
+            waiting: t.queue.len(),
         })
     }
 }

@@ -31,6 +31,7 @@ pub mod snapshot;
 pub mod teams;
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -54,9 +55,11 @@ use crate::state::AppState;
 use crate::store::Store;
 use crate::util::{new_id, now_ms};
 
-/// How long a node reuses a team's settings. Why 2 s: a change made through
-/// another node reaches this one within that time, and consults do not each
-/// pay for reading the team.
+/// How long a node reuses a team's settings. A change is announced on the
+/// bus (`TeamsChanged`) and every node drops its copy at once; the lifetime
+/// bounds how long a lost announcement (a Redis reconnect) leaves one stale.
+/// Why 2 s: short for that, and consults do not each pay for reading the
+/// team.
 const TEAM_CACHE: Duration = Duration::from_secs(2);
 /// Background tick: offer timeouts, overflow, drains. Why 250 ms: an offer
 /// expires at most this late, and the tick's work is a few engine calls.
@@ -165,8 +168,8 @@ impl Engine {
     pub async fn agents(&self, ids: &[String], now: i64) -> AppResult<Vec<AgentLive>> {
         engine!(self, e => e.agents(ids, now).await)
     }
-    pub async fn intake(&self, team: &str, ids: &[String], now: i64) -> AppResult<engine::Intake> {
-        engine!(self, e => e.intake(team, ids, now).await)
+    pub async fn intake(&self, team: &str, now: i64) -> AppResult<engine::Intake> {
+        engine!(self, e => e.intake(team, now).await)
     }
 }
 
@@ -185,6 +188,10 @@ pub struct Dispatcher {
     // Why std Mutexes below: each guards a small map for a lookup or insert
     // and is never held across an await.
     teams: Mutex<HashMap<String, (Instant, TeamEntry)>>,
+    /// Bumped (under the `teams` lock) whenever a team is invalidated: a
+    /// read that started before is not cached, or a team changed while one
+    /// of its reads was on the way would be cached stale.
+    teams_generation: AtomicU64,
     /// Staff connected to this node: declared status and connection count.
     local: Mutex<HashMap<String, (PresenceStatus, usize)>>,
     /// Teams whose waiting customers need a position update; true where
@@ -215,6 +222,7 @@ impl Dispatcher {
         Dispatcher {
             engine,
             teams: Mutex::new(HashMap::new()),
+            teams_generation: AtomicU64::new(0),
             local: Mutex::new(HashMap::new()),
             dirty: Mutex::new(HashMap::new()),
             notify: Notify::new(),
@@ -231,9 +239,13 @@ impl Dispatcher {
         &self.engine
     }
 
-    /// Forgets a cached team (after this node changed it).
+    /// Forgets a cached team (after this node or, told over the bus,
+    /// another node changed it).
     pub fn invalidate(&self, team: &str) {
-        self.teams.lock().expect("teams lock").remove(team);
+        let mut teams = self.teams.lock().expect("teams lock");
+        teams.remove(team);
+        self.teams_generation.fetch_add(1, Ordering::Relaxed);
+        drop(teams);
         self.agent_teams.lock().expect("agent teams lock").clear();
     }
 
@@ -280,6 +292,7 @@ async fn team_entry(state: &AppState, id: &str) -> AppResult<Option<TeamEntry>> 
             return Ok(Some(e.clone()));
         }
     }
+    let generation = d.teams_generation.load(Ordering::Relaxed);
     let Some(team) = teams::get(state.store(), id).await? else {
         return Ok(None);
     };
@@ -295,10 +308,10 @@ async fn team_entry(state: &AppState, id: &str) -> AppResult<Option<TeamEntry>> 
         agents,
         names,
     };
-    d.teams
-        .lock()
-        .expect("teams lock")
-        .insert(id.to_string(), (Instant::now(), entry.clone()));
+    let mut cache = d.teams.lock().expect("teams lock");
+    if d.teams_generation.load(Ordering::Relaxed) == generation {
+        cache.insert(id.to_string(), (Instant::now(), entry.clone()));
+    }
     Ok(Some(entry))
 }
 
@@ -647,7 +660,7 @@ async fn can_serve(state: &AppState, entry: &TeamEntry, now: i64) -> AppResult<b
     let intake = state
         .dispatcher()
         .engine()
-        .intake(&entry.team.id, &entry.agents, now)
+        .intake(&entry.team.id, now)
         .await?;
     Ok(intake.anyone_online
         && entry
@@ -864,11 +877,12 @@ async fn teams_of(state: &AppState, agent: &str) -> AppResult<Vec<String>> {
             return Ok(teams.clone());
         }
     }
+    let generation = d.teams_generation.load(Ordering::Relaxed);
     let teams = teams::teams_of(state.store(), agent).await?;
-    d.agent_teams
-        .lock()
-        .expect("agent teams lock")
-        .insert(agent.to_string(), (Instant::now(), teams.clone()));
+    let mut cache = d.agent_teams.lock().expect("agent teams lock");
+    if d.teams_generation.load(Ordering::Relaxed) == generation {
+        cache.insert(agent.to_string(), (Instant::now(), teams.clone()));
+    }
     Ok(teams)
 }
 
@@ -2325,6 +2339,7 @@ pub async fn watch(
 pub async fn team_changed(state: &AppState, team: &str) -> AppResult<()> {
     let d = state.dispatcher();
     d.invalidate(team);
+    state.fanout().teams_changed(vec![team.to_string()]);
     let members = teams::members(state.store(), team).await?;
     let agents: Vec<String> = members
         .iter()

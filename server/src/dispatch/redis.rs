@@ -448,9 +448,8 @@ impl EngineOps for RedisEngine {
             .collect())
     }
 
-    async fn intake(&self, team: &str, ids: &[String], now: i64) -> AppResult<Intake> {
-        let mut args = vec![team.to_string(), now.to_string(), LIVE_MS.to_string()];
-        args.extend(ids.iter().cloned());
+    async fn intake(&self, team: &str, now: i64) -> AppResult<Intake> {
+        let args = [team.to_string(), now.to_string(), LIVE_MS.to_string()];
         let (online, waiting): (i64, i64) = self.call("intake", &args).await?;
         Ok(Intake {
             anyone_online: online == 1,
