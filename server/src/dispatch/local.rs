@@ -458,19 +458,15 @@ impl EngineOps for LocalEngine {
 
     async fn intake(&self, team: &str, now: i64) -> AppResult<Intake> {
         let s = self.lock();
-        let Some(t) = s.teams.get(team) else {
-            return Ok(Intake {
-                anyone_online: false,
-                waiting: 0,
-            });
-        };
+        let t = s.teams.get(team);
         Ok(Intake {
-            anyone_online: t
-                .members
-                .iter()
-                .filter_map(|id| s.agents.get(id))
-                .any(|a| effective_status(a.status, a.seen, now) == PresenceStatus::Online),
-            waiting: t.queue.len(),
+            anyone_online: t.is_some_and(|t| {
+                t.members
+                    .iter()
+                    .filter_map(|id| s.agents.get(id))
+                    .any(|a| effective_status(a.status, a.seen, now) == PresenceStatus::Online)
+            }),
+            waiting: t.map_or(0, |t| t.queue.len()),
         })
     }
 }
