@@ -11,7 +11,8 @@
 //! shares follow smooth weighted round robin exactly; capacity holds; offers
 //! count in the load, are accepted once, and when they expire go to another
 //! agent; liveness lapses after `LIVE_MS` without a heartbeat; overflow,
-//! dequeue and direct assignment obey their rules; concurrent drains never
+//! dequeue and direct assignment obey their rules; the head of a queue reads
+//! as the whole queue's first entries; concurrent drains never
 //! exceed capacity nor assign a conversation twice. Redis only: a lost state
 //! (the ready marker gone) is rebuilt from the database on the next call,
 //! loads counted from open conversations; after a full loss heartbeats
@@ -285,7 +286,7 @@ async fn loads(h: &Harness, agents: &[&str], now: i64) -> Vec<u32> {
 }
 
 async fn queue(h: &Harness, team: &str) -> Vec<Waiting> {
-    h.engine.queue(team).await.expect("queue")
+    h.engine.queue(team, None).await.expect("queue")
 }
 
 async fn queued_convs(h: &Harness, team: &str) -> Vec<String> {
@@ -573,6 +574,12 @@ async fn capacity_holds_and_queue_order(h: &Harness) {
             waiting("c3", T + 300),
         ]
     );
+    // The head of the queue alone, in the same order.
+    let head = |n| async move { h.engine.queue(TEAM, Some(n)).await.expect("queue head") };
+    assert_eq!(head(2).await, before[..2]);
+    assert_eq!(head(5).await, before);
+    assert_eq!(head(50).await, before);
+    assert!(head(0).await.is_empty());
     // Still full: a drain assigns nothing.
     assert!(drain(h, &p, None, T + 600).await.is_empty());
     assert_eq!(queue(h, TEAM).await, before);

@@ -350,8 +350,8 @@ pub trait EngineOps {
     /// Removes and returns the conversations of a queue waiting since before
     /// `cutoff` (queue overflow by waiting time).
     async fn take_overdue(&self, team: &str, cutoff: i64) -> AppResult<Vec<Waiting>>;
-    /// A team's queue in order.
-    async fn queue(&self, team: &str) -> AppResult<Vec<Waiting>>;
+    /// A team's queue in order: all of it, or its first `first` entries.
+    async fn queue(&self, team: &str, first: Option<usize>) -> AppResult<Vec<Waiting>>;
     /// Agents as they are now (unknown ids are skipped).
     async fn agents(&self, ids: &[String], now: i64) -> AppResult<Vec<AgentLive>>;
     /// Whether one of the team's members (as the engine holds them, the same

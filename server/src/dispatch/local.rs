@@ -430,7 +430,7 @@ impl EngineOps for LocalEngine {
         Ok(out)
     }
 
-    async fn queue(&self, team: &str) -> AppResult<Vec<Waiting>> {
+    async fn queue(&self, team: &str, first: Option<usize>) -> AppResult<Vec<Waiting>> {
         let s = self.lock();
         Ok(s.teams
             .get(team)
@@ -438,6 +438,7 @@ impl EngineOps for LocalEngine {
                 t.queue
                     .iter()
                     .filter_map(|(_, conv)| s.entries.get(conv))
+                    .take(first.unwrap_or(usize::MAX))
                     .map(|e| Waiting {
                         conv: e.ticket.conv.clone(),
                         queued_at: e.ticket.queued_at,

@@ -129,12 +129,21 @@ impl RedisEngine {
 
     /// A team's queue read with `ZRANGE … WITHSCORES` in a `MULTI` with the
     /// ready marker (`NOTREADY` when the marker is gone, as the script says).
-    async fn read_queue(&self, team: &str) -> Result<Vec<Waiting>, redis::RedisError> {
+    async fn read_queue(
+        &self,
+        team: &str,
+        first: Option<usize>,
+    ) -> Result<Vec<Waiting>, redis::RedisError> {
+        if first == Some(0) {
+            return Ok(Vec::new());
+        }
         let mut conn = self.redis_conn().await?;
         let mut pipe = redis::pipe();
+        // ZRANGE's stop is inclusive; -1 is the last entry.
+        let stop = first.map_or(-1, |n| n as isize - 1);
         pipe.atomic()
             .exists(format!("{}:ready", self.prefix))
-            .zrange_withscores(format!("{}:team:{team}:q", self.prefix), 0, -1);
+            .zrange_withscores(format!("{}:team:{team}:q", self.prefix), 0, stop);
         let (ready, queue): (bool, Vec<(String, f64)>) =
             bounded(pipe.query_async(&mut conn)).await?;
         if !ready {
@@ -425,8 +434,8 @@ impl EngineOps for RedisEngine {
     /// formatted as a Lua string, parsed back and formatted again (with
     /// 10,000 waiting, that conversion was most of Redis's time while
     /// customers consulted). Still one round trip, and still atomic.
-    async fn queue(&self, team: &str) -> AppResult<Vec<Waiting>> {
-        self.when_ready(|| self.read_queue(team)).await
+    async fn queue(&self, team: &str, first: Option<usize>) -> AppResult<Vec<Waiting>> {
+        self.when_ready(|| self.read_queue(team, first)).await
     }
 
     async fn agents(&self, ids: &[String], now: i64) -> AppResult<Vec<AgentLive>> {
