@@ -3,7 +3,8 @@
 //! (users, groups, send/sync/recall/read, sessions and refresh rotation, the
 //! generated JWT secret). Each body is an `async fn name(store: Store)`; the
 //! `conformance!` macro turns it into `name::sqlite` and `name::postgres`.
-//! What must hold on both engines: migrations are idempotent, `seq` is gapless
+//! What must hold on both engines: migrations are idempotent, the rebuild of
+//! the message and event tables keeps their rows and keys, `seq` is gapless
 //! under concurrent senders, `client_msg_id` is idempotent per sender, a
 //! reused refresh token revokes its family, and an unreachable database is an
 //! error rather than a hang.
@@ -197,6 +198,152 @@ async fn migrations_apply_once_and_rerun_is_a_no_op(store: Store) {
     }
 }
 conformance!(migrations_apply_once_and_rerun_is_a_no_op);
+
+/// The migration that rebuilt `messages` and `conversation_events` (without
+/// their foreign key to `conversations`).
+const LOG_TABLES_REBUILT: i64 = 20261204000001;
+
+async fn rebuilt_log_tables_keep_their_rows_and_keys(store: Store) {
+    // A database as the previous release left it, with rows in both tables.
+    let before = sqlx::migrate::Migrator {
+        migrations: std::borrow::Cow::Owned(
+            MIGRATOR
+                .iter()
+                .filter(|m| m.version < LOG_TABLES_REBUILT)
+                .cloned()
+                .collect(),
+        ),
+        ..sqlx::migrate::Migrator::DEFAULT
+    };
+    assert!(before.iter().count() < MIGRATOR.iter().count());
+    before.run(store.write()).await.expect("migrate to before");
+    let exec = |sql: &'static str| {
+        let store = store.clone();
+        async move {
+            sqlx::query(sql)
+                .execute(store.write())
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        }
+    };
+    exec(
+        "INSERT INTO conversations (id, kind, state, last_seq, created_at, updated_at) \
+          VALUES ('cv_1', 'service', 'active', 2, 1, 1)",
+    )
+    .await;
+    exec("INSERT INTO messages (id, conv_id, seq, sender_id, sender_role, sender_name, kind, body, \
+          client_msg_id, ts) VALUES \
+          ('m_1', 'cv_1', 1, 'system', 'system', '系统', 'system', '客服 小王 为您服务', NULL, 10), \
+          ('m_2', 'cv_1', 2, 'u_1', 'customer', '张三', 'text', '你好', 'c-1', 11)")
+    .await;
+    exec(
+        "INSERT INTO conversation_events (id, conv_id, kind, team_id, agent_id, at) \
+          VALUES ('ev_1', 'cv_1', 'assigned', 't_1', 'u_2', 10)",
+    )
+    .await;
+
+    store.migrate().await.expect("migrate the rest");
+
+    // The rows are kept as they were.
+    let rows = sqlx::query(
+        "SELECT id, seq, sender_name, body, client_msg_id FROM messages WHERE conv_id = 'cv_1' ORDER BY seq",
+    )
+    .fetch_all(store.read())
+    .await
+    .expect("read messages");
+    let got: Vec<(String, i64, String, String, Option<String>)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.try_get("id").unwrap(),
+                r.try_get("seq").unwrap(),
+                r.try_get("sender_name").unwrap(),
+                r.try_get("body").unwrap(),
+                r.try_get("client_msg_id").unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (
+                "m_1".into(),
+                1,
+                "系统".into(),
+                "客服 小王 为您服务".into(),
+                None
+            ),
+            (
+                "m_2".into(),
+                2,
+                "张三".into(),
+                "你好".into(),
+                Some("c-1".into())
+            ),
+        ]
+    );
+    let event =
+        sqlx::query("SELECT kind, agent_id, at FROM conversation_events WHERE conv_id = 'cv_1'")
+            .fetch_one(store.read())
+            .await
+            .expect("read the event");
+    assert_eq!(event.try_get::<String, _>("kind").unwrap(), "assigned");
+    assert_eq!(event.try_get::<String, _>("agent_id").unwrap(), "u_2");
+    assert_eq!(event.try_get::<i64, _>("at").unwrap(), 10);
+
+    // The keys still hold: a second message with the same seq, or the same
+    // sender's client_msg_id again, is refused; messages without a
+    // client_msg_id (system messages) are not one key.
+    let insert = |id: &'static str,
+                  seq: i64,
+                  sender: &'static str,
+                  client: Option<&'static str>| {
+        let store = store.clone();
+        async move {
+            sqlx::query(
+                "INSERT INTO messages (id, conv_id, seq, sender_id, sender_role, sender_name, kind, \
+                 body, client_msg_id, ts) VALUES ($1, 'cv_1', $2, $3, 'customer', 'x', 'text', 'x', $4, 12)",
+            )
+            .bind(id)
+            .bind(seq)
+            .bind(sender)
+            .bind(client)
+            .execute(store.write())
+            .await
+        }
+    };
+    let dup_seq = insert("m_3", 2, "u_1", Some("c-2"))
+        .await
+        .expect_err("seq 2 twice");
+    assert!(
+        switchboard_server::error::is_unique_violation(&dup_seq),
+        "{dup_seq}"
+    );
+    let dup_client = insert("m_4", 3, "u_1", Some("c-1"))
+        .await
+        .expect_err("c-1 twice");
+    assert!(
+        switchboard_server::error::is_unique_violation(&dup_client),
+        "{dup_client}"
+    );
+    insert("m_5", 3, "u_3", Some("c-1"))
+        .await
+        .expect("another sender's c-1");
+    insert("m_6", 4, "system", None)
+        .await
+        .expect("no client_msg_id");
+    insert("m_7", 5, "system", None)
+        .await
+        .expect("again no client_msg_id");
+    let dup_id = insert("m_7", 6, "system", None)
+        .await
+        .expect_err("id m_7 twice");
+    assert!(
+        switchboard_server::error::is_unique_violation(&dup_id),
+        "{dup_id}"
+    );
+}
+conformance!(rebuilt_log_tables_keep_their_rows_and_keys);
 
 // 2. Users.
 

@@ -270,7 +270,8 @@ async fn commit_batch(store: &Store, jobs: &[Job]) -> Result<Vec<Outcome>, sqlx:
     // 1. Resends of messages already stored.
     let backend = store.backend();
     let sql = format!(
-        "SELECT {COLUMNS} FROM messages WHERE (conv_id, sender_id, client_msg_id) IN (VALUES {})",
+        "SELECT {COLUMNS} FROM messages WHERE client_msg_id IS NOT NULL \
+         AND (conv_id, sender_id, client_msg_id) IN (VALUES {})",
         Placeholders::new(backend).rows(firsts.len(), 3)
     );
     let mut q = sqlx::query(&sql);

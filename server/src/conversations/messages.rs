@@ -206,7 +206,8 @@ pub(super) async fn find_by_client_id(
     client_msg_id: &str,
 ) -> AppResult<Option<Message>> {
     let row = sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM messages WHERE conv_id = $1 AND sender_id = $2 AND client_msg_id = $3"
+        "SELECT {COLUMNS} FROM messages WHERE conv_id = $1 AND sender_id = $2 \
+         AND client_msg_id = $3 AND client_msg_id IS NOT NULL"
     ))
     .bind(conv)
     .bind(sender)
