@@ -31,7 +31,8 @@ local function num(v, default)
 end
 
 local function decode(s, default)
-  if not s or s == '' then return default end
+  -- Most tickets have no skills and no tried agents: no decoder call.
+  if not s or s == '' or s == '[]' or s == '{}' then return default end
   return cjson.decode(s)
 end
 
@@ -171,6 +172,11 @@ if op == 'heartbeat' then
   return 1
 end
 
+-- A team's round-robin position (the id of the agent picked last), read at
+-- a drain's first pick and written back once at its end: nothing else runs
+-- while a script does, so the copy cannot go stale.
+local rr = {loaded = false, last = false, moved = false}
+
 -- Picks an agent among `cands` (eligible, untried, in id order) for a
 -- ticket; returns the index. Same rules as engine::pick.
 local function pick(team, strategy, cands, need, widened)
@@ -190,15 +196,23 @@ local function pick(team, strategy, cands, need, widened)
     return best
   end
   if strategy == 'round_robin' then
-    local rrkey = key('team', team, 'rr')
-    local last = redis.call('GET', rrkey)
-    local chosen = 1
-    if last then
-      for i, c in ipairs(cands) do
-        if c.id > last then chosen = i; break end
-      end
+    if not rr.loaded then
+      rr.last = redis.call('GET', key('team', team, 'rr'))
+      rr.loaded = true
     end
-    redis.call('SET', rrkey, cands[chosen].id)
+    -- The first candidate after the last one picked, else the first: a
+    -- binary search, as the candidates are in id order.
+    local chosen = 1
+    if rr.last then
+      local lo, hi = 1, #cands + 1
+      while lo < hi do
+        local mid = math.floor((lo + hi) / 2)
+        if cands[mid].id > rr.last then hi = mid else lo = mid + 1 end
+      end
+      if lo <= #cands then chosen = lo end
+    end
+    rr.last = cands[chosen].id
+    rr.moved = true
     return chosen
   elseif strategy == 'least_load' then
     return least(function() return true end)
@@ -286,7 +300,9 @@ if op == 'drain' then
         end
       end
       local queued = num(t[1])
-      local i = pick(team, strategy, cands, decode(t[2], {}), now - queued > widen_ms)
+      local need = {}
+      if strategy == 'skill' then need = decode(t[2], {}) end
+      local i = pick(team, strategy, cands, need, now - queued > widen_ms)
       if i then
         local a = cands[i]
         a.load = a.load + 1
@@ -311,6 +327,7 @@ if op == 'drain' then
       end
     end
   end
+  if rr.moved then redis.call('SET', key('team', team, 'rr'), rr.last) end
   return out
 end
 
