@@ -16,7 +16,7 @@ use axum::extract::{
 };
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -69,6 +69,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/openapi.json", get(openapi))
         .route("/ws", get(gateway::upgrade))
         .nest("/api/v1", api)
+        // Anything else under /api/ (`/api/v1/`, another version) is an API
+        // client's mistake: the same JSON error, not the web pages' 404.
+        .route("/api/", any(api_not_found))
+        .route("/api/{*rest}", any(api_not_found))
         .merge(crate::web::routes())
         .with_state(state)
 }

@@ -1048,7 +1048,13 @@ async fn sms_fallback_health_readiness_and_metrics() {
             .await;
         assert_error(status, &body, 503, "unavailable");
     }
-    for path in ["/api/v1/nothing-here", "/api/v1/users/u_x/teams"] {
+    for path in [
+        "/api/v1/nothing-here",
+        "/api/v1/users/u_x/teams",
+        "/api/v1/",
+        "/api/",
+        "/api/v2/users",
+    ] {
         let (status, body) = server.get(path, Some(&s.admin_token)).await;
         assert_error(status, &body, 404, "not_found");
         assert!(str_of(&body, "message").contains(NO_SUCH_ROUTE), "{body}");
