@@ -231,15 +231,36 @@ impl Store {
 /// statement's first five on its pooled connection, which PostgreSQL plans
 /// afresh with the parameters' values; planning 64-row statements was a fifth
 /// of PostgreSQL's time while a queue drained (dispatch's assignment batch
-/// uses it; the message committer's batches, tried too, did not move). Only
-/// for statements that look rows up by key, which a generic plan does as
-/// well. SQLite has no plan cache to steer: nothing is done.
+/// uses it for its multi-row INSERTs). Only for statements that read no
+/// table: a generic plan of one that does is chosen from the table's size at
+/// the time and kept (see [`custom_plans`]). SQLite has no plan cache to
+/// steer: nothing is done.
 pub async fn generic_plans(
     conn: &mut sqlx::AnyConnection,
     backend: Backend,
 ) -> Result<(), sqlx::Error> {
     if backend == Backend::Postgres {
         conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+            .await?;
+    }
+    Ok(())
+}
+
+/// Inside a transaction of batch statements: on PostgreSQL, plan each of
+/// them for the values it is run with, never with a cached generic plan.
+/// Why: a generic plan is chosen once, after a prepared statement's fifth
+/// run, from the table sizes of that moment, and kept for the life of the
+/// pooled connection. The message committer's look-ups join a `VALUES` list
+/// with `messages`; a plan chosen while the table was small scans the whole
+/// table for every batch (a hash join over a sequential scan) long after it
+/// has grown: under `chat_pg` that scan was 44 % of both cores. SQLite plans
+/// every statement as it is prepared: nothing is done.
+pub async fn custom_plans(
+    conn: &mut sqlx::AnyConnection,
+    backend: Backend,
+) -> Result<(), sqlx::Error> {
+    if backend == Backend::Postgres {
+        conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
             .await?;
     }
     Ok(())

@@ -266,9 +266,10 @@ async fn commit_batch(store: &Store, jobs: &[Job]) -> Result<Vec<Outcome>, sqlx:
     }
 
     let mut tx = store.write().begin().await?;
+    let backend = store.backend();
+    crate::store::custom_plans(&mut tx, backend).await?;
 
     // 1. Resends of messages already stored.
-    let backend = store.backend();
     let sql = format!(
         "SELECT {COLUMNS} FROM messages WHERE client_msg_id IS NOT NULL \
          AND (conv_id, sender_id, client_msg_id) IN (VALUES {})",

@@ -1049,7 +1049,10 @@ async fn store_routed(
     use crate::store::Placeholders;
     let backend = store.backend();
     let mut tx = store.write().begin().await?;
-    crate::store::generic_plans(&mut tx, backend).await?;
+    // The UPDATE reads the table: planned for its values (see
+    // `store::custom_plans`); the three INSERTs read nothing and keep a
+    // generic plan.
+    crate::store::custom_plans(&mut tx, backend).await?;
     // 1. Every conversation still waiting (and not offered) becomes active
     // with its agent; its `seq` is bumped for the system message.
     let mut p = Placeholders::new(backend);
@@ -1095,6 +1098,7 @@ async fn store_routed(
     if stored.is_empty() {
         return Ok(stored);
     }
+    crate::store::generic_plans(&mut tx, backend).await?;
     // 2. The agents' member rows.
     let mut p = Placeholders::new(backend);
     let rows: Vec<String> = stored
