@@ -3,7 +3,7 @@
 //! sends is broadcast to every other connected client.
 //!
 //! It is built like Switchboard's gateway so that the comparison isolates
-//! the cost of Switchboard's own work: the same tungstenite buffer sizes,
+//! the cost of Switchboard's own work: TCP_NODELAY, the same tungstenite buffer sizes,
 //! each connection has a bounded outbound queue and one task that writes all
 //! queued frames and flushes once (write coalescing), a frame is allocated
 //! once and the same `Utf8Bytes` is cloned to each recipient, and a full
@@ -129,6 +129,8 @@ fn config() -> WebSocketConfig {
 }
 
 async fn connection(hub: Arc<Hub>, stream: TcpStream) {
+    // As Switchboard does: frames are coalesced here, not by Nagle.
+    let _ = stream.set_nodelay(true);
     let Ok(mut ws) = tokio_tungstenite::accept_async_with_config(stream, Some(config())).await
     else {
         return;
