@@ -225,43 +225,44 @@ impl Store {
     }
 }
 
-/// Inside a transaction of batch statements: on PostgreSQL, plan them with
-/// generic plans for the rest of the transaction. Why: a batch statement's
-/// text changes with the batch size, so most of its runs are a prepared
-/// statement's first five on its pooled connection, which PostgreSQL plans
-/// afresh with the parameters' values; planning 64-row statements was a fifth
-/// of PostgreSQL's time while a queue drained (dispatch's assignment batch
-/// uses it for its multi-row INSERTs). Only for statements that read no
-/// table: a generic plan of one that does is chosen from the table's size at
-/// the time and kept (see [`custom_plans`]). SQLite has no plan cache to
-/// steer: nothing is done.
-pub async fn generic_plans(
-    conn: &mut sqlx::AnyConnection,
-    backend: Backend,
-) -> Result<(), sqlx::Error> {
-    if backend == Backend::Postgres {
-        conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
-            .await?;
-    }
-    Ok(())
+/// How PostgreSQL plans the rest of a transaction's statements
+/// (`SET LOCAL plan_cache_mode`), chosen per kind of batch statement.
+#[derive(Clone, Copy)]
+pub enum Plans {
+    /// Generic plans. Why: a batch statement's text changes with the batch
+    /// size, so most of its runs are a prepared statement's first five on its
+    /// pooled connection, which PostgreSQL plans afresh with the parameters'
+    /// values; planning 64-row statements was a fifth of PostgreSQL's time
+    /// while a queue drained (dispatch's assignment batch uses it for its
+    /// multi-row INSERTs). Only for statements that read no table: a generic
+    /// plan of one that does is chosen from the table's size at the time and
+    /// kept (see [`Plans::Custom`]).
+    Generic,
+    /// Each statement planned for the values it is run with, never with a
+    /// cached generic plan. Why: a generic plan is chosen once, after a
+    /// prepared statement's fifth run, from the table sizes of that moment,
+    /// and kept for the life of the pooled connection. The message
+    /// committer's look-ups join a `VALUES` list with `messages`; a plan
+    /// chosen while the table was small scans the whole table for every
+    /// batch (a hash join over a sequential scan) long after it has grown:
+    /// under `chat_pg` that scan was 44 % of both cores.
+    Custom,
 }
 
-/// Inside a transaction of batch statements: on PostgreSQL, plan each of
-/// them for the values it is run with, never with a cached generic plan.
-/// Why: a generic plan is chosen once, after a prepared statement's fifth
-/// run, from the table sizes of that moment, and kept for the life of the
-/// pooled connection. The message committer's look-ups join a `VALUES` list
-/// with `messages`; a plan chosen while the table was small scans the whole
-/// table for every batch (a hash join over a sequential scan) long after it
-/// has grown: under `chat_pg` that scan was 44 % of both cores. SQLite plans
-/// every statement as it is prepared: nothing is done.
-pub async fn custom_plans(
+/// Inside a transaction of batch statements: plans the rest of it as
+/// `plans` says, on PostgreSQL. SQLite plans every statement as it is
+/// prepared and has no plan cache to steer: nothing is done.
+pub async fn plan_with(
     conn: &mut sqlx::AnyConnection,
     backend: Backend,
+    plans: Plans,
 ) -> Result<(), sqlx::Error> {
     if backend == Backend::Postgres {
-        conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
-            .await?;
+        conn.execute(match plans {
+            Plans::Generic => "SET LOCAL plan_cache_mode = force_generic_plan",
+            Plans::Custom => "SET LOCAL plan_cache_mode = force_custom_plan",
+        })
+        .await?;
     }
     Ok(())
 }

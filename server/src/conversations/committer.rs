@@ -267,7 +267,7 @@ async fn commit_batch(store: &Store, jobs: &[Job]) -> Result<Vec<Outcome>, sqlx:
 
     let mut tx = store.write().begin().await?;
     let backend = store.backend();
-    crate::store::custom_plans(&mut tx, backend).await?;
+    crate::store::plan_with(&mut tx, backend, crate::store::Plans::Custom).await?;
 
     // 1. Resends of messages already stored.
     let sql = format!(

@@ -1050,9 +1050,8 @@ async fn store_routed(
     let backend = store.backend();
     let mut tx = store.write().begin().await?;
     // The UPDATE reads the table: planned for its values (see
-    // `store::custom_plans`); the three INSERTs read nothing and keep a
-    // generic plan.
-    crate::store::custom_plans(&mut tx, backend).await?;
+    // `store::Plans`); the three INSERTs read nothing and keep a generic plan.
+    crate::store::plan_with(&mut tx, backend, crate::store::Plans::Custom).await?;
     // 1. Every conversation still waiting (and not offered) becomes active
     // with its agent; its `seq` is bumped for the system message.
     let mut p = Placeholders::new(backend);
@@ -1098,7 +1097,7 @@ async fn store_routed(
     if stored.is_empty() {
         return Ok(stored);
     }
-    crate::store::generic_plans(&mut tx, backend).await?;
+    crate::store::plan_with(&mut tx, backend, crate::store::Plans::Generic).await?;
     // 2. The agents' member rows.
     let mut p = Placeholders::new(backend);
     let rows: Vec<String> = stored
