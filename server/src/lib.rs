@@ -155,6 +155,7 @@ pub async fn run_on(
     // the other nodes.
     let job_tasks = jobs::start(&state, shutdown.clone());
     gateway::start_idle_sweep(&state, &workers, workers_stop.clone());
+    store::start_checkpoints(&store, &workers, workers_stop.clone());
 
     let addr = listener.local_addr()?;
     tracing::info!(%addr, node = %node_id, backend = ?store.backend(), "switchboard listening");

@@ -17,7 +17,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
-use sqlx::{AnyPool, Executor};
+use sqlx::{AnyPool, Executor, Row};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 
@@ -49,9 +51,8 @@ impl Backend {
 /// what they read (every `auth` reads a user's rows: with 16 MiB the four
 /// readers held about 1 KiB per connected user, measured) and a miss is a
 /// read from the operating system's page cache.
-/// wal_autocheckpoint 8000 pages (about 32 MiB of WAL): checkpoints run on the
-/// committing connection, so running them less often takes them off most
-/// commits and lets repeated writes of one page coalesce.
+/// wal_autocheckpoint: only a safety net (see [`WRITER_CHECKPOINT_PAGES`]);
+/// checkpoints run on a connection of their own ([`start_checkpoints`]).
 fn sqlite_pragmas(
     conn: &mut sqlx::AnyConnection,
     cache_kib: u32,
@@ -62,7 +63,7 @@ fn sqlite_pragmas(
                 "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; \
                  PRAGMA foreign_keys=ON; PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}; \
                  PRAGMA temp_store=MEMORY; PRAGMA cache_size=-{cache_kib}; \
-                 PRAGMA wal_autocheckpoint=8000;"
+                 PRAGMA wal_autocheckpoint={WRITER_CHECKPOINT_PAGES};"
             )
             .as_str(),
         )
@@ -71,8 +72,26 @@ fn sqlite_pragmas(
     })
 }
 
+/// WAL pages after which a committing connection checkpoints by itself.
+/// Why this large (about 128 MiB): the checkpointer task keeps the WAL far
+/// below it; a checkpoint on the committing connection holds every send
+/// waiting behind the writer while it copies pages and syncs the database
+/// file, so this only bounds the WAL should the checkpointer fall behind.
+const WRITER_CHECKPOINT_PAGES: u32 = 32_000;
+
+/// How often the checkpointer copies committed WAL pages into the database
+/// file. Why 250 ms: each checkpoint writes each page changed since the last
+/// one once and syncs the file once, so at a few per second the hot pages of
+/// a busy node are copied a few times a second rather than once per commit,
+/// and the WAL stays a few MiB, small enough to be restarted from its start
+/// often.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+
 /// The SQLite writer's page cache, in KiB (see `sqlite_pragmas`).
 const SQLITE_WRITER_CACHE_KIB: u32 = 16 * 1024;
+/// The checkpointer's page cache, in KiB: a checkpoint copies pages from the
+/// WAL to the database file without going through it.
+const SQLITE_CHECKPOINTER_CACHE_KIB: u32 = 256;
 /// Each SQLite reader's page cache, in KiB (SQLite's default).
 const SQLITE_READER_CACHE_KIB: u32 = 2 * 1024;
 
@@ -86,6 +105,9 @@ struct StoreInner {
     backend: Backend,
     write: AnyPool,
     read: AnyPool,
+    /// SQLite: the checkpointer's own connection, so that checkpoints run
+    /// beside the writer instead of on it.
+    checkpoint: Option<AnyPool>,
 }
 
 /// The migrations in `migrations/`, embedded in the binary.
@@ -118,6 +140,21 @@ fn ping_if_idle(
     })
 }
 
+/// A pool of `size` SQLite connections to `url`, each with the connection
+/// settings of [`sqlite_pragmas`] and a page cache of `cache_kib`. No test
+/// before acquire: a SQLite connection is a file handle in this process and
+/// cannot go stale, and sqlx's default ping is a round trip through the
+/// connection's worker thread per statement.
+async fn sqlite_pool(url: &str, size: u32, cache_kib: u32) -> Result<AnyPool, sqlx::Error> {
+    AnyPoolOptions::new()
+        .max_connections(size)
+        .test_before_acquire(false)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .after_connect(move |conn, _| sqlite_pragmas(conn, cache_kib))
+        .connect(url)
+        .await
+}
+
 /// SQLite waits this long for a lock held by another process (the CLI, a
 /// second server on the same file) before answering `SQLITE_BUSY`.
 const SQLITE_BUSY_TIMEOUT_MS: u64 = 5000;
@@ -144,33 +181,20 @@ impl Store {
     pub async fn connect(url: &str) -> Result<Store, sqlx::Error> {
         sqlx::any::install_default_drivers();
         if url.starts_with("sqlite:") {
-            // No test before acquire: a SQLite connection is a file handle in
-            // this process and cannot go stale, and sqlx's default ping is a
-            // round trip through the connection's worker thread per statement.
-            let write = AnyPoolOptions::new()
-                .max_connections(1)
-                .test_before_acquire(false)
-                .acquire_timeout(ACQUIRE_TIMEOUT)
-                .after_connect(|conn, _| sqlite_pragmas(conn, SQLITE_WRITER_CACHE_KIB))
-                .connect(url)
-                .await?;
-            let read = AnyPoolOptions::new()
-                // Why 3: two cores; more readers only queue on the CPU, and
-                // each keeps its own page cache (2 MiB). A fourth was no
-                // faster side by side (storm 3,050-3,841 against 3,337-4,066
-                // reconnects/s with three) and cost 0.2 KiB per connection
-                // at 10,000 idle connections.
-                .max_connections(3)
-                .test_before_acquire(false)
-                .acquire_timeout(ACQUIRE_TIMEOUT)
-                .after_connect(|conn, _| sqlite_pragmas(conn, SQLITE_READER_CACHE_KIB))
-                .connect(url)
-                .await?;
+            let write = sqlite_pool(url, 1, SQLITE_WRITER_CACHE_KIB).await?;
+            // Why 3 readers: two cores; more readers only queue on the CPU,
+            // and each keeps its own page cache (2 MiB). A fourth was no
+            // faster side by side (storm 3,050-3,841 against 3,337-4,066
+            // reconnects/s with three) and cost 0.2 KiB per connection at
+            // 10,000 idle connections.
+            let read = sqlite_pool(url, 3, SQLITE_READER_CACHE_KIB).await?;
+            let checkpoint = sqlite_pool(url, 1, SQLITE_CHECKPOINTER_CACHE_KIB).await?;
             Ok(Store {
                 inner: Arc::new(StoreInner {
                     backend: Backend::Sqlite,
                     write,
                     read,
+                    checkpoint: Some(checkpoint),
                 }),
             })
         } else {
@@ -188,6 +212,7 @@ impl Store {
                     backend: Backend::Postgres,
                     write: pool.clone(),
                     read: pool,
+                    checkpoint: None,
                 }),
             })
         }
@@ -218,11 +243,54 @@ impl Store {
         Ok(())
     }
 
+    /// Copies committed WAL pages into the SQLite database file, beside the
+    /// writer (a passive checkpoint waits for no reader or writer and copies
+    /// what it can). Returns the WAL's size and the pages copied so far, in
+    /// pages; `None` on PostgreSQL.
+    pub async fn checkpoint(&self) -> Result<Option<(i64, i64)>, sqlx::Error> {
+        let Some(pool) = &self.inner.checkpoint else {
+            return Ok(None);
+        };
+        let row = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .fetch_one(pool)
+            .await?;
+        Ok(Some((row.try_get(1)?, row.try_get(2)?)))
+    }
+
     /// Closes the pools, waiting for connections in use to be returned.
     pub async fn close(&self) {
         self.inner.write.close().await;
         self.inner.read.close().await;
+        if let Some(pool) = &self.inner.checkpoint {
+            pool.close().await;
+        }
     }
+}
+
+/// On SQLite, checkpoints the WAL every [`CHECKPOINT_EVERY`] until `stop`.
+/// Why a task of its own: SQLite's automatic checkpoint runs on the
+/// connection that commits, inside the commit, so every send queued behind
+/// the single writer waited while thousands of pages were copied and the
+/// database file synced: the tail of the send acks. Here the copy runs on
+/// its own connection (its own thread) while the writer keeps committing.
+pub fn start_checkpoints(store: &Store, tasks: &TaskTracker, stop: CancellationToken) {
+    if store.inner.checkpoint.is_none() {
+        return;
+    }
+    let store = store.clone();
+    tasks.spawn(async move {
+        let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            if let Err(e) = store.checkpoint().await {
+                tracing::warn!(error = %e, "WAL checkpoint failed; the writer checkpoints by itself past its limit");
+            }
+        }
+    });
 }
 
 /// How PostgreSQL plans the rest of a transaction's statements

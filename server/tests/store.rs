@@ -898,3 +898,66 @@ async fn group_commit_dedupes_and_falls_back(store: Store) {
     );
 }
 conformance!(group_commit_dedupes_and_falls_back);
+
+// 7. SQLite checkpoints beside the writer.
+
+/// The database file itself is written only by checkpoints: with the
+/// writer's own checkpoint far off (tens of MiB of WAL), the file grows
+/// after a burst of sends only because the checkpointer task copied them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_checkpointer_copies_the_wal_into_the_sqlite_file() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("checkpoints.db");
+    let store = Store::open_sqlite_file(&path).await.expect("open sqlite");
+    let (state, _uploads) = app(&store).await;
+    let (log, copied) = store
+        .checkpoint()
+        .await
+        .expect("checkpoint")
+        .expect("SQLite checkpoints");
+    assert_eq!(log, copied, "an idle WAL is copied whole");
+    let before = std::fs::metadata(&path).expect("db file").len();
+
+    let alice = user(&store, "alice", "爱丽丝", Role::Agent).await.as_ref();
+    let bob = user(&store, "bob", "鲍勃", Role::Agent).await.as_ref();
+    let conv = create_group(&state, &alice, "检查点", std::slice::from_ref(&bob.id))
+        .await
+        .unwrap()
+        .id;
+    let body = "消息".repeat(200);
+    for i in 0..300 {
+        messages::send_message(&state, &alice, None, text(&conv, &format!("c{i}"), &body))
+            .await
+            .expect("send");
+    }
+    assert_eq!(
+        std::fs::metadata(&path).expect("db file").len(),
+        before,
+        "without the checkpointer the sends are only in the WAL"
+    );
+
+    let stop = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    switchboard_server::store::start_checkpoints(&store, &tasks, stop.clone());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while std::fs::metadata(&path).expect("db file").len() <= before {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the checkpointer copied nothing into the database file within 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.cancel();
+    tasks.close();
+    tasks.wait().await;
+    assert_eq!(all_messages(&state, &alice, &conv).await.len(), 300);
+    store.close().await;
+}
+
+#[tokio::test]
+async fn postgres_has_no_wal_checkpoints_to_run() {
+    let url = common::fresh_postgres_database().await;
+    let store = Store::connect(&url).await.expect("connect postgres");
+    assert_eq!(store.checkpoint().await.expect("no error"), None);
+    store.close().await;
+}
