@@ -82,9 +82,37 @@ pub struct Committer {
 /// What a worker needs besides the store.
 struct Worker {
     store: Store,
+    /// Where committed batches go: delivered by the worker itself, or handed
+    /// to a task on the server's runtime.
+    delivery: Delivery,
+}
+
+/// Delivers committed batches and answers their senders.
+#[derive(Clone)]
+struct Deliverer {
     fanout: Arc<Fanout>,
     metrics: Arc<Metrics>,
 }
+
+enum Delivery {
+    /// In the worker's own task (PostgreSQL: the workers run on the
+    /// server's runtime).
+    Inline(Deliverer),
+    /// To a task on the server's runtime (SQLite: the worker has a thread of
+    /// its own).
+    Handed(mpsc::Sender<Committed>),
+}
+
+/// A committed batch with each send's answer.
+struct Committed {
+    jobs: Vec<Job>,
+    results: Vec<AppResult<Stored>>,
+}
+
+/// Committed batches waiting for the delivery task. Why 2: the writer can
+/// store the next batch while the last one is delivered, and never runs
+/// further ahead of the delivery than that.
+const DELIVERY_QUEUE: usize = 2;
 
 impl Committer {
     /// Starts the workers. They stop when the committer is dropped.
@@ -93,17 +121,27 @@ impl Committer {
             Backend::Sqlite => 1,
             Backend::Postgres => POSTGRES_WORKERS,
         };
+        let deliverer = Deliverer { fanout, metrics };
         let workers = (0..n)
             .map(|_| {
                 let (tx, rx) = mpsc::channel(QUEUE);
-                let worker = Worker {
-                    store: store.clone(),
-                    fanout: fanout.clone(),
-                    metrics: metrics.clone(),
-                };
                 match store.backend() {
-                    Backend::Sqlite => run_on_own_thread(worker, rx),
-                    Backend::Postgres => drop(tokio::spawn(worker.run(rx))),
+                    Backend::Sqlite => {
+                        let (handed, committed) = mpsc::channel(DELIVERY_QUEUE);
+                        tokio::spawn(deliverer.clone().run(committed));
+                        let worker = Worker {
+                            store: store.clone(),
+                            delivery: Delivery::Handed(handed),
+                        };
+                        run_on_own_thread(worker, rx);
+                    }
+                    Backend::Postgres => {
+                        let worker = Worker {
+                            store: store.clone(),
+                            delivery: Delivery::Inline(deliverer.clone()),
+                        };
+                        tokio::spawn(worker.run(rx));
+                    }
                 }
                 tx
             })
@@ -160,8 +198,10 @@ impl Committer {
 /// runtime each answer woke the worker at the back of a run queue shared with
 /// every connection's task; under load that wait, not SQLite, was most of a
 /// batch's time while the single writer sat idle. On its own thread the
-/// worker runs as soon as an answer arrives. The thread ends when the
-/// committer is dropped and its queue closes.
+/// worker runs as soon as an answer arrives. What it commits is delivered by
+/// a task on the server's runtime, where waking the receiving connections'
+/// tasks is cheapest, while the worker stores the next batch. The thread ends
+/// when the committer is dropped and its queue closes.
 fn run_on_own_thread(worker: Worker, rx: mpsc::Receiver<Job>) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -197,9 +237,15 @@ impl Worker {
                     results
                 }
             };
-            self.deliver(&jobs, &results);
-            for (job, result) in jobs.into_iter().zip(results) {
-                let _ = job.done.send(result);
+            let committed = Committed { jobs, results };
+            match &self.delivery {
+                Delivery::Inline(deliverer) => deliverer.finish(committed),
+                Delivery::Handed(task) => {
+                    if task.send(committed).await.is_err() {
+                        // The server's runtime is gone: nobody to answer.
+                        return;
+                    }
+                }
             }
             batch = Vec::with_capacity(MAX_BATCH);
         }
@@ -231,6 +277,23 @@ impl Worker {
             });
         }
         results
+    }
+}
+
+impl Deliverer {
+    /// Delivers and answers the batches a worker hands over, in order.
+    async fn run(self, mut committed: mpsc::Receiver<Committed>) {
+        while let Some(batch) = committed.recv().await {
+            self.finish(batch);
+        }
+    }
+
+    /// Delivers a committed batch, then answers each of its senders.
+    fn finish(&self, Committed { jobs, results }: Committed) {
+        self.deliver(&jobs, &results);
+        for (job, result) in jobs.into_iter().zip(results) {
+            let _ = job.done.send(result);
+        }
     }
 
     /// Sends every new message of a committed batch to its members, in `seq`
