@@ -279,13 +279,8 @@ pub fn start_checkpoints(store: &Store, tasks: &TaskTracker, stop: CancellationT
     }
     let store = store.clone();
     tasks.spawn(async move {
-        let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tick.tick() => {}
-            }
+        let mut every = crate::util::Every::new(CHECKPOINT_EVERY);
+        while every.tick(&stop).await {
             if let Err(e) = store.checkpoint().await {
                 tracing::warn!(error = %e, "WAL checkpoint failed; the writer checkpoints by itself past its limit");
             }

@@ -1,4 +1,5 @@
-//! Small helpers shared by every module: ids, time, random tokens, hashing.
+//! Small helpers shared by every module: ids, time, random tokens, hashing,
+//! periodic ticks.
 
 use base64::Engine;
 use rand::RngCore;
@@ -16,6 +17,30 @@ pub fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+/// The clock of a node's periodic background task (idle sweep, job
+/// scheduler, WAL checkpoints): ticks every `period` until stopped. A tick
+/// missed while the task was busy is not caught up: the next one comes a
+/// full period later.
+pub struct Every {
+    interval: tokio::time::Interval,
+}
+
+impl Every {
+    pub fn new(period: std::time::Duration) -> Every {
+        let mut interval = tokio::time::interval(period);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Every { interval }
+    }
+
+    /// Waits for the next tick: `true`, or `false` once `stop` is cancelled.
+    pub async fn tick(&mut self, stop: &tokio_util::sync::CancellationToken) -> bool {
+        tokio::select! {
+            _ = stop.cancelled() => false,
+            _ = self.interval.tick() => true,
+        }
+    }
 }
 
 /// 32 random bytes, URL-safe base64: refresh tokens, quick-link tokens, secrets.

@@ -125,23 +125,22 @@ impl Committer {
         let workers = (0..n)
             .map(|_| {
                 let (tx, rx) = mpsc::channel(QUEUE);
-                match store.backend() {
+                let delivery = match store.backend() {
                     Backend::Sqlite => {
                         let (handed, committed) = mpsc::channel(DELIVERY_QUEUE);
                         tokio::spawn(deliverer.clone().run(committed));
-                        let worker = Worker {
-                            store: store.clone(),
-                            delivery: Delivery::Handed(handed),
-                        };
-                        run_on_own_thread(worker, rx);
+                        Delivery::Handed(handed)
                     }
-                    Backend::Postgres => {
-                        let worker = Worker {
-                            store: store.clone(),
-                            delivery: Delivery::Inline(deliverer.clone()),
-                        };
-                        tokio::spawn(worker.run(rx));
-                    }
+                    Backend::Postgres => Delivery::Inline(deliverer.clone()),
+                };
+                let worker = Worker {
+                    store: store.clone(),
+                    delivery,
+                };
+                // A worker that hands its batches over has a thread of its own.
+                match worker.delivery {
+                    Delivery::Handed(_) => run_on_own_thread(worker, rx),
+                    Delivery::Inline(_) => drop(tokio::spawn(worker.run(rx))),
                 }
                 tx
             })

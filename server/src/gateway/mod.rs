@@ -72,13 +72,8 @@ pub fn start_idle_sweep(
     let every = Duration::from_millis((heartbeat_ms / 4).max(100));
     let state = state.clone();
     tracker.spawn(async move {
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tick.tick() => {}
-            }
+        let mut every = crate::util::Every::new(every);
+        while every.tick(&stop).await {
             let heard_before = session::clock_ms().saturating_sub(idle_ms);
             let closed = state.registry().close_idle(heard_before);
             if closed > 0 {

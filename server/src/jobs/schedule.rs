@@ -424,13 +424,8 @@ pub async fn run_scheduler(
     wake: Arc<Notify>,
     cancel: CancellationToken,
 ) {
-    let mut ticker = tokio::time::interval(SCHEDULER_TICK);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = ticker.tick() => {}
-        }
+    let mut every = crate::util::Every::new(SCHEDULER_TICK);
+    while every.tick(&cancel).await {
         match tick(&store, now_ms(), settings.misfire).await {
             Ok(done) => {
                 if done.enqueued > 0 {
